@@ -1,0 +1,20 @@
+"""Building blocks shared by the plugin's knowledge-distillation models."""
+
+from anomalib_dhkd.components.affinity import AffinityLoss, affinity_matrix
+from anomalib_dhkd.components.dual_domain import DualDomainBlock, DualDomainStudent, FrequencyFilter
+from anomalib_dhkd.components.flow import ConvFlow, flow_negative_log_likelihood
+from anomalib_dhkd.components.fourier import irfft2, rfft2
+from anomalib_dhkd.components.noise import add_feature_noise
+
+__all__ = [
+    "AffinityLoss",
+    "ConvFlow",
+    "DualDomainBlock",
+    "DualDomainStudent",
+    "FrequencyFilter",
+    "add_feature_noise",
+    "affinity_matrix",
+    "flow_negative_log_likelihood",
+    "irfft2",
+    "rfft2",
+]

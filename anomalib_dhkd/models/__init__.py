@@ -1,0 +1,26 @@
+"""Models of the plugin and their registration with anomalib."""
+
+import importlib
+from types import ModuleType
+
+from anomalib_dhkd.models.dhkd import Dhkd
+
+__all__ = ["Dhkd", "register"]
+
+
+def register(anomalib_models: ModuleType) -> None:
+    """Expose the plugin's models as attributes of ``anomalib.models``.
+
+    ``anomalib.models.get_model`` and ``anomalib benchmark`` look models up there by class name.
+
+    Args:
+        anomalib_models: The imported ``anomalib.models`` module.
+
+    """
+    for model_class in (Dhkd,):
+        setattr(anomalib_models, model_class.__name__, model_class)
+        if model_class.__name__ not in anomalib_models.__all__:
+            anomalib_models.__all__.append(model_class.__name__)
+
+
+register(importlib.import_module("anomalib.models"))

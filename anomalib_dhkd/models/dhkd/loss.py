@@ -1,0 +1,84 @@
+"""Training objective of DHKD.
+
+``L = w_nll * L_nll(T) + w_jac * L_jac(T) + w_kd * L_kd(S, T) + w_aff * L_aff(S, T)``
+
+* ``L_nll``: negative log-likelihood of the clean features under the flow teacher (per dimension).
+* ``L_jac``: the teacher regulariser, the squared per-dimension log-determinant. It keeps the flow close to
+  volume-preserving, so that the teacher cannot whiten normal features by shrinking the whole space (which
+  would also shrink the teacher-student discrepancy of anomalies). Our choice; the paper does not name one.
+* ``L_kd``: the student, fed noisy features, regresses the teacher's latent of the clean features (mean squared
+  error against a detached target, so distillation never moves the teacher).
+* ``L_aff``: the teacher-student affinity loss (spatial self-similarity matrices, see
+  :class:`anomalib_dhkd.components.AffinityLoss`).
+
+During the teacher warm-up only the teacher terms are used (see :class:`anomalib_dhkd.models.dhkd.Dhkd`).
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from anomalib_dhkd.components import AffinityLoss, flow_negative_log_likelihood
+
+
+class DhkdLossTerms(NamedTuple):
+    """Weighted-sum total and the unweighted terms, for logging."""
+
+    total: torch.Tensor
+    nll: torch.Tensor
+    jacobian: torch.Tensor
+    distillation: torch.Tensor
+    affinity: torch.Tensor
+
+
+class DhkdLoss(nn.Module):
+    """DHKD loss.
+
+    Args:
+        distillation_weight: Weight of the student-to-teacher regression.
+        affinity_weight: Weight of the affinity loss.
+        jacobian_weight: Weight of the teacher log-determinant regulariser.
+
+    """
+
+    def __init__(
+        self,
+        distillation_weight: float = 1.0,
+        affinity_weight: float = 1.0,
+        jacobian_weight: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.distillation_weight = distillation_weight
+        self.affinity_weight = affinity_weight
+        self.jacobian_weight = jacobian_weight
+        self.affinity = AffinityLoss()
+
+    def forward(
+        self,
+        teacher_latents: list[torch.Tensor],
+        log_dets: list[torch.Tensor],
+        student_latents: list[torch.Tensor],
+        train_student: bool = True,
+    ) -> DhkdLossTerms:
+        """Compute the loss over all scales.
+
+        Args:
+            teacher_latents: Per-scale flow latents of the clean features.
+            log_dets: Per-scale log-determinants, each of shape ``(N,)``.
+            student_latents: Per-scale student predictions from the noisy features.
+            train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
+
+        """
+        nll = torch.stack([flow_negative_log_likelihood(z, j) for z, j in zip(teacher_latents, log_dets, strict=True)])
+        jacobian = torch.stack(
+            [(j / z[0].numel()).pow(2).mean() for z, j in zip(teacher_latents, log_dets, strict=True)]
+        )
+        targets = [z.detach() for z in teacher_latents]
+        distillation = torch.stack([F.mse_loss(s, t) for s, t in zip(student_latents, targets, strict=True)]).mean()
+        affinity = self.affinity(student_latents, targets)
+        total = nll.mean() + self.jacobian_weight * jacobian.mean()
+        if train_student:
+            total = total + self.distillation_weight * distillation + self.affinity_weight * affinity
+        return DhkdLossTerms(total, nll.mean(), jacobian.mean(), distillation, affinity)

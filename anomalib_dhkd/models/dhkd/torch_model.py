@@ -1,0 +1,131 @@
+"""PyTorch model of DHKD: Denoising Heterogeneous Knowledge Distillation.
+
+Our reading of "Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge
+Distillation". Teacher and student are *heterogeneous*: the teacher is an invertible normalizing flow that models
+the density of normal features, the student a conventional feed-forward network. The teacher should maximise
+``Diff(T(I), T(I'))`` between an image ``I`` and its anomalous version ``I'`` (a density model sends off-manifold
+features far into the tails of its latent), while the student, trained to *denoise* (it sees noisy features and
+must reproduce the teacher's latent of the clean ones), minimises ``Diff(S(I), S(I'))``: it projects anything it
+is given back towards the normal manifold. Their discrepancy is therefore small on normal regions and large on
+anomalies.
+
+Pipeline, per scale ``k`` of a frozen timm encoder:
+
+    features f_k --(BatchNorm, no affine)--> x_k
+    teacher:  T_k = Flow_k(x_k)                            (FrEIA affine couplings, soft clamping)
+    student:  S_k = Student_k(x_k + noise)  (training)      (dual-domain spatial + frequency blocks)
+              S_k = Student_k(x_k)          (inference)
+    anomaly map = Gaussian-smoothed mean over scales of mean_c (S_k - T_k)^2
+"""
+
+from typing import NamedTuple
+
+import timm
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from torch import nn
+
+from anomalib_dhkd.components import ConvFlow, DualDomainStudent, add_feature_noise
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator
+
+
+class DhkdTrainingOutput(NamedTuple):
+    """Per-scale outputs needed by :class:`anomalib_dhkd.models.dhkd.loss.DhkdLoss`."""
+
+    teacher_latents: list[torch.Tensor]
+    log_dets: list[torch.Tensor]
+    student_latents: list[torch.Tensor]
+
+
+def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFeatureExtractor:
+    """Build a frozen timm feature extractor and fail clearly if a requested layer does not exist.
+
+    anomalib's extractor drops unknown layer names with only a warning; a model silently trained on fewer scales
+    than configured is worse than an error.
+    """
+    encoder = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained, requires_grad=False)
+    if list(encoder.layers) != list(layers):
+        available = timm.create_model(backbone, features_only=True, pretrained=False).feature_info.module_name()
+        msg = f"Backbone {backbone!r} has no feature layer(s) {sorted(set(layers) - set(encoder.layers))}. "
+        msg += f"Choose from {available}."
+        raise ValueError(msg)
+    return encoder
+
+
+class DhkdModel(nn.Module):
+    """DHKD network: frozen encoder, per-scale flow teachers and dual-domain denoising students.
+
+    Args:
+        backbone: timm backbone of the encoder.
+        layers: Encoder layers, one teacher-student pair per layer.
+        pre_trained: Load the backbone's ImageNet weights.
+        flow_blocks: Coupling blocks per teacher flow.
+        flow_hidden_ratio: Width of the coupling sub-networks relative to their input.
+        flow_clamp: Soft-clamping bound of the coupling log-scales.
+        condition_channels: Positional-encoding channels the couplings are conditioned on (``0``: none).
+        student_blocks: Dual-domain blocks per student.
+        noise_level: Training noise standard deviation relative to each channel's feature standard deviation.
+        blur_sigma: Gaussian smoothing of the anomaly map in pixels.
+
+    Example:
+        >>> model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4"],
+        ...                   pre_trained=False)
+        >>> model.eval()(torch.rand(1, 3, 64, 64)).anomaly_map.shape
+        torch.Size([1, 1, 64, 64])
+
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: list[str],
+        pre_trained: bool = True,
+        flow_blocks: int = 4,
+        flow_hidden_ratio: float = 1.0,
+        flow_clamp: float = 2.0,
+        condition_channels: int = 0,
+        student_blocks: int = 2,
+        noise_level: float = 0.5,
+        blur_sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.encoder = build_encoder(backbone, layers, pre_trained)
+        channels = list(self.encoder.out_dims)
+        self.noise_level = noise_level
+        self.feature_norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in channels)
+        self.teachers = nn.ModuleList(
+            ConvFlow(c, flow_blocks, flow_hidden_ratio, flow_clamp, condition_channels) for c in channels
+        )
+        self.students = nn.ModuleList(DualDomainStudent(c, student_blocks) for c in channels)
+        self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma)
+
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen encoder features, standardised per channel with running statistics of the training data."""
+        self.encoder.eval()
+        with torch.no_grad():
+            features = self.encoder(images).values()
+        return [norm(f) for norm, f in zip(self.feature_norms, features, strict=True)]
+
+    def forward(self, images: torch.Tensor) -> DhkdTrainingOutput | InferenceBatch:
+        """Return per-scale training outputs in training mode, else the anomaly map and image score.
+
+        The image score is the maximum of the smoothed anomaly map: smoothing already averages over a
+        neighbourhood, so the maximum responds to small defects without being a single-pixel outlier.
+        """
+        features = self.extract_features(images)
+        if self.training:
+            teacher_latents, log_dets = zip(
+                *(teacher(f) for teacher, f in zip(self.teachers, features, strict=True)), strict=True
+            )
+            student_latents = [
+                student(add_feature_noise(f, self.noise_level))
+                for student, f in zip(self.students, features, strict=True)
+            ]
+            return DhkdTrainingOutput(list(teacher_latents), list(log_dets), student_latents)
+
+        teacher_latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
+        student_latents = [student(f) for student, f in zip(self.students, features, strict=True)]
+        anomaly_map = self.anomaly_map_generator(student_latents, teacher_latents, image_size=images.shape[-2:])
+        pred_score = torch.amax(anomaly_map, dim=(-2, -1)).squeeze(1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -1,0 +1,192 @@
+"""DHKD through anomalib itself: registration, Engine fit/validate/test/predict, checkpoints, export and CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+
+from anomalib_dhkd import Dhkd
+
+from .conftest import TINY_BACKBONE
+
+pytestmark = pytest.mark.slow
+IMAGE_SIZE = 64
+
+
+def tiny_dhkd() -> Dhkd:
+    return Dhkd(
+        **TINY_BACKBONE,
+        pre_trained=False,
+        flow_blocks=2,
+        condition_channels=8,
+        max_epochs=2,
+        teacher_warmup_epochs=1,
+        pre_processor=Dhkd.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE), TINY_BACKBONE["backbone"]),
+    )
+
+
+def datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def trained(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, Dhkd, MVTecAD]:
+    torch.manual_seed(0)
+    engine = Engine(default_root_dir=tmp_path_factory.mktemp("engine"), logger=False, enable_progress_bar=False)
+    model, data = tiny_dhkd(), datamodule(texture_root)
+    engine.fit(model=model, datamodule=data)
+    return engine, model, data
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env={**_environ(), **env}
+    )
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_plugin_is_registered_lazily_without_importing_torch() -> None:
+    result = run_python("import sys, anomalib; print('torch' in sys.modules, 'anomalib_dhkd.models' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+    result = run_python(
+        "import anomalib.models as m; from anomalib.models import get_model; "
+        "print(m.Dhkd.__module__, type(get_model('dhkd', backbone='tf_efficientnet_lite0', "
+        "layers=['blocks.1', 'blocks.2', 'blocks.4'], pre_trained=False)).__name__, "
+        "type(get_model({'class_path': 'Dhkd', 'init_args': {'backbone': 'tf_efficientnet_lite0', "
+        "'layers': ['blocks.1', 'blocks.2', 'blocks.4'], 'pre_trained': False}})).__name__)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["anomalib_dhkd.models.dhkd.lightning_model", "Dhkd", "Dhkd"]
+
+
+def test_autoload_can_be_switched_off() -> None:
+    result = run_python("import anomalib.models as m; print(hasattr(m, 'Dhkd'))", ANOMALIB_DHKD_AUTOLOAD="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_trainer_arguments_carry_epochs_and_clipping(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, _ = trained
+    assert engine.trainer.max_epochs == model.max_epochs == 2
+    assert engine.trainer.current_epoch == 2
+    assert engine.trainer.gradient_clip_val == 1.0
+    assert model.training_student
+
+
+def test_validate_and_test_report_finite_metrics(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, data = trained
+    validation = engine.validate(model=model, datamodule=data, verbose=False)[0]
+    assert "image_AUROC" in validation
+    results = engine.test(model=model, datamodule=data, verbose=False)[0]
+    for name in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO"):
+        assert 0.0 <= results[name] <= 1.0, (name, results[name])
+
+
+def test_predict_gives_maps_scores_and_labels(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, data = trained
+    predictions = engine.predict(model=model, dataloaders=data.test_dataloader())
+    batch = predictions[0]
+    assert batch.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
+    assert batch.pred_score.shape == (batch.image.shape[0],)
+    assert batch.pred_label.dtype == torch.bool
+    assert torch.isfinite(batch.anomaly_map).all()
+
+
+def test_checkpoint_reload_gives_identical_scores(trained: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
+    engine, model, _ = trained
+    checkpoint = tmp_path / "dhkd.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    reloaded = Dhkd.load_from_checkpoint(checkpoint)
+    assert reloaded.hparams["flow_blocks"] == 2
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected, actual = model.eval()(images), reloaded.eval()(images)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
+    torch.testing.assert_close(actual.pred_score, expected.pred_score)
+
+
+def test_export_torch_onnx_openvino_match_eager(trained: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
+    engine, model, _ = trained
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+
+    torch_path = engine.export(model=model, export_type=ExportType.TORCH, export_root=tmp_path)
+    assert torch_path.is_file()
+
+    onnx_path = engine.export(
+        model=model, export_type=ExportType.ONNX, export_root=tmp_path, input_size=(IMAGE_SIZE, IMAGE_SIZE)
+    )
+    import onnx
+    import onnxruntime
+
+    op_types = {node.op_type for node in onnx.load(str(onnx_path)).graph.node}
+    assert "DFT" not in op_types
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {"input": images.numpy()}), strict=True)
+    )
+    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["pred_score"].ravel(), expected.pred_score.numpy().ravel(), atol=1e-4)
+
+    xml_path = engine.export(
+        model=model, export_type=ExportType.OPENVINO, export_root=tmp_path, input_size=(IMAGE_SIZE, IMAGE_SIZE)
+    )
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(images.numpy())
+    anomaly_map = next(value for port, value in result.items() if "anomaly_map" in port.get_names())
+    np.testing.assert_allclose(anomaly_map, expected.anomaly_map.numpy(), atol=1e-3)
+
+
+def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
+    config = tmp_path / "dhkd.yaml"
+    config.write_text(
+        "model:\n  class_path: Dhkd\n  init_args:\n    backbone: tf_efficientnet_lite0\n"
+        "    layers: [blocks.1, blocks.2, blocks.4]\n    pre_trained: false\n    flow_blocks: 1\n"
+        "    max_epochs: 1\n    teacher_warmup_epochs: 0\n"
+    )
+    command = [
+        str(Path(sys.executable).with_name("anomalib")),
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        "anomalib.data.MVTecAD",
+        "--data.root",
+        str(texture_root),
+        "--data.category",
+        "brick",
+        "--data.train_batch_size",
+        "16",
+        "--data.num_workers",
+        "0",
+        "--default_root_dir",
+        str(tmp_path / "runs"),
+        "--logger",
+        "false",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=_environ())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "image_AUROC" in result.stdout + result.stderr
+    assert list((tmp_path / "runs").rglob("*.ckpt"))
+    help_result = subprocess.run(
+        [command[0], "train", "--model.help", "Dhkd"], capture_output=True, text=True, check=False, env=_environ()
+    )
+    assert help_result.returncode == 0, help_result.stderr[-2000:]
+    assert "--model.noise_level" in help_result.stdout
+    assert "relative to" in help_result.stdout

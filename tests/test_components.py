@@ -1,0 +1,116 @@
+"""Shared building blocks: Fourier transforms, dual-domain blocks, flow teacher, affinity loss, noise."""
+
+import pytest
+import torch
+
+from anomalib_dhkd.components import (
+    AffinityLoss,
+    ConvFlow,
+    DualDomainBlock,
+    DualDomainStudent,
+    FrequencyFilter,
+    add_feature_noise,
+    affinity_matrix,
+    flow_negative_log_likelihood,
+    irfft2,
+    rfft2,
+)
+from anomalib_dhkd.components.fourier import irfft2_matmul, rfft2_matmul
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (16, 5), (1, 4)])
+def test_matmul_dft_equals_torch_fft(size: tuple[int, int]) -> None:
+    features = torch.randn(2, 3, *size, dtype=torch.float64)
+    spectrum = torch.fft.rfft2(features, norm="ortho")
+    real, imag = rfft2_matmul(features)
+    torch.testing.assert_close(real, spectrum.real)
+    torch.testing.assert_close(imag, spectrum.imag)
+    # A spectrum that is not Hermitian in its DC/Nyquist bins must be treated like torch does (imag dropped).
+    noisy_real, noisy_imag = real + torch.randn_like(real), imag + torch.randn_like(imag)
+    expected = torch.fft.irfft2(torch.complex(noisy_real, noisy_imag), s=size, norm="ortho")
+    torch.testing.assert_close(irfft2_matmul(noisy_real, noisy_imag, size), expected)
+
+
+def test_fft_round_trip_float32() -> None:
+    features = torch.randn(2, 4, 12, 10)
+    torch.testing.assert_close(irfft2(*rfft2(features), (12, 10)), features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(irfft2_matmul(*rfft2_matmul(features), (12, 10)), features, atol=1e-5, rtol=1e-5)
+
+
+def test_export_uses_matmul_dft_not_fft_ops() -> None:
+    module = FrequencyFilter(4).eval()
+    example = torch.randn(1, 4, 8, 6)
+    exported = torch.export.export(module, (example,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert not [target for target in targets if "fft" in target], targets
+    torch.testing.assert_close(exported.module()(example), module(example), atol=1e-5, rtol=1e-4)
+
+
+def test_dual_domain_block_starts_as_identity_and_keeps_shape() -> None:
+    block = DualDomainBlock(6)
+    features = torch.randn(2, 6, 9, 7)
+    torch.testing.assert_close(block(features), features)
+    student = DualDomainStudent(6, num_blocks=2, hidden_channels=8)
+    output = student(features)
+    assert output.shape == features.shape
+    assert output.dtype == torch.float32
+    output.sum().backward()
+    assert all(p.grad is not None for p in student.parameters())
+
+
+@pytest.mark.parametrize("condition_channels", [0, 8])
+def test_flow_is_invertible_with_finite_log_det(condition_channels: int) -> None:
+    torch.manual_seed(0)
+    flow = ConvFlow(6, num_blocks=3, condition_channels=condition_channels)
+    for parameter in flow.parameters():  # leave the identity initialisation so the test is not trivial
+        if parameter.requires_grad:  # the fixed permutation matrices are parameters without gradient
+            torch.nn.init.normal_(parameter, std=0.1)
+    features = torch.randn(2, 6, 5, 7)
+    latent, log_det = flow(features)
+    assert latent.shape == features.shape
+    assert log_det.shape == (2,)
+    assert torch.isfinite(log_det).all()
+    assert not torch.allclose(latent, features)
+    torch.testing.assert_close(flow.inverse(latent), features, atol=1e-4, rtol=1e-4)
+
+
+def test_flow_log_det_is_bounded_by_soft_clamping() -> None:
+    flow = ConvFlow(4, num_blocks=2, clamp=1.0)
+    for parameter in flow.parameters():
+        if parameter.requires_grad:
+            torch.nn.init.constant_(parameter, 50.0)  # would overflow exp() without clamping
+    latent, log_det = flow(torch.randn(1, 4, 3, 3))
+    assert torch.isfinite(latent).all()
+    assert torch.isfinite(log_det).all()
+
+
+def test_flow_nll_is_lower_for_in_distribution_latents() -> None:
+    log_det = torch.zeros(4)
+    assert flow_negative_log_likelihood(torch.zeros(4, 2, 3, 3), log_det) == 0
+    assert flow_negative_log_likelihood(torch.full((4, 2, 3, 3), 3.0), log_det) == pytest.approx(4.5)
+
+
+def test_flow_rejects_bad_condition_channels() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ConvFlow(4, condition_channels=6)
+
+
+def test_affinity_loss_zero_for_identical_positive_otherwise() -> None:
+    teacher = [torch.randn(2, 5, 8, 8), torch.randn(2, 7, 20, 24)]
+    loss = AffinityLoss(max_size=16)
+    assert loss(teacher, [t.clone() for t in teacher]).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(teacher, [torch.randn_like(t) for t in teacher]).item() > 1e-3
+    matrix = affinity_matrix(teacher[0])
+    assert matrix.shape == (2, 64, 64)
+    torch.testing.assert_close(torch.diagonal(matrix, dim1=1, dim2=2), torch.ones(2, 64))
+
+
+def test_feature_noise_is_relative_to_channel_scale() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(8, 2, 16, 16) * torch.tensor([1.0, 100.0]).view(1, 2, 1, 1)
+    noise = add_feature_noise(features, 0.5) - features
+    ratio = noise.std(dim=(0, 2, 3)) / features.std(dim=(0, 2, 3))
+    torch.testing.assert_close(ratio, torch.tensor([0.5, 0.5]), atol=0.03, rtol=0)
+    assert torch.equal(add_feature_noise(features, 0.0), features)
+    with pytest.raises(ValueError, match="non-negative"):
+        add_feature_noise(features, -1.0)

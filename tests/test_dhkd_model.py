@@ -1,0 +1,132 @@
+"""DHKD's torch model, loss and training behaviour."""
+
+import pytest
+import torch
+from anomalib.data import ImageBatch, InferenceBatch
+
+from anomalib_dhkd import Dhkd
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator
+from anomalib_dhkd.models.dhkd.loss import DhkdLoss
+from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
+
+from .conftest import TINY_BACKBONE
+
+
+@pytest.fixture(scope="module")
+def model() -> DhkdModel:
+    torch.manual_seed(0)
+    return DhkdModel(
+        backbone=TINY_BACKBONE["backbone"],
+        layers=list(TINY_BACKBONE["layers"]),
+        pre_trained=False,
+        flow_blocks=2,
+        condition_channels=8,
+    )
+
+
+def test_training_outputs_have_feature_shapes(model: DhkdModel) -> None:
+    output = model.train()(torch.rand(2, 3, 64, 64))
+    assert isinstance(output, DhkdTrainingOutput)
+    expected_channels = list(model.encoder.out_dims)
+    assert [t.shape[1] for t in output.teacher_latents] == expected_channels
+    assert [t.shape[-1] for t in output.teacher_latents] == [16, 8, 4]  # strides 4, 8, 16
+    for teacher, log_det, student in zip(*output, strict=True):
+        assert student.shape == teacher.shape
+        assert student.dtype == teacher.dtype == torch.float32
+        assert log_det.shape == (2,)
+        assert torch.isfinite(log_det).all()
+
+
+def test_inference_returns_map_and_score_at_input_size(model: DhkdModel) -> None:
+    with torch.no_grad():
+        output = model.eval()(torch.rand(3, 3, 96, 64))
+    assert isinstance(output, InferenceBatch)
+    assert output.anomaly_map.shape == (3, 1, 96, 64)
+    assert output.pred_score.shape == (3,)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(1, 2, 3)))
+    assert (output.anomaly_map >= 0).all()
+
+
+def test_unknown_layer_is_an_error_not_a_warning() -> None:
+    with pytest.raises(ValueError, match=r"no feature layer\(s\) \['blocks.3'\].*blocks.4"):
+        DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.3"], pre_trained=False)
+
+
+def test_loss_skips_student_terms_during_teacher_warmup(model: DhkdModel) -> None:
+    output = model.train()(torch.rand(2, 3, 64, 64))
+    loss = DhkdLoss()
+    warmup, joint = loss(*output, train_student=False), loss(*output, train_student=True)
+    assert warmup.distillation > 0
+    assert warmup.affinity >= 0
+    torch.testing.assert_close(joint.total, warmup.total + joint.distillation + joint.affinity)
+    model.zero_grad()
+    warmup.total.backward()
+    assert all(p.grad is None for p in model.students.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.teachers.parameters())
+
+
+def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
+    generator = AnomalyMapGenerator(sigma=0)
+    teacher = [torch.randn(1, 4, 8, 8), torch.randn(1, 6, 4, 4)]
+    student = [t.clone() for t in teacher]
+    assert generator(student, teacher, (32, 32)).abs().max() == 0
+    student[0][..., 2, 3] += 5.0
+    anomaly_map = generator(student, teacher, (32, 32))
+    assert anomaly_map.shape == (1, 1, 32, 32)
+    peak = torch.nonzero(anomaly_map[0, 0] == anomaly_map.max())[0]
+    assert 8 <= peak[0] < 12
+    assert 12 <= peak[1] < 16
+
+
+def test_invalid_schedule_is_rejected() -> None:
+    with pytest.raises(ValueError, match="teacher_warmup_epochs"):
+        Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=5, max_epochs=5)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
+    dhkd = Dhkd(**TINY_BACKBONE, pre_trained=False)
+    batch = ImageBatch(image=torch.full((2, 3, 64, 64), float("nan")))
+    with pytest.raises(FloatingPointError, match="DHKD loss term 'total' became nan"):
+        dhkd.training_step(batch)
+
+
+def test_pre_processor_uses_backbone_statistics() -> None:
+    efficientnet = Dhkd.configure_pre_processor(backbone="tf_efficientnet_lite0")
+    resnet = Dhkd.configure_pre_processor(image_size=(128, 96), backbone="wide_resnet50_2")
+    assert list(efficientnet.transform.transforms[1].mean) == [0.5, 0.5, 0.5]
+    assert list(resnet.transform.transforms[1].mean) == pytest.approx([0.485, 0.456, 0.406])
+    assert list(resnet.transform.transforms[0].size) == [128, 96]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pretrained_weights")
+def test_trained_model_scores_planted_defects_higher(texture_root) -> None:
+    """A few dozen steps on normal brick crops suffice to rank and localise synthetic defects."""
+    from anomalib.data import MVTecAD
+
+    torch.manual_seed(0)
+    dhkd = Dhkd(**TINY_BACKBONE, pre_processor=Dhkd.configure_pre_processor((128, 128), "tf_efficientnet_lite0"))
+    datamodule = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=16, num_workers=0)
+    datamodule.setup()
+    optimizer = dhkd.configure_optimizers()
+    transform = dhkd.pre_processor.transform
+    dhkd.model.train()
+    for step in range(40):
+        for batch in datamodule.train_dataloader():
+            terms = dhkd.loss(*dhkd.model(transform(batch.image)), train_student=step >= 10)
+            optimizer.zero_grad()
+            terms.total.backward()
+            optimizer.step()
+    dhkd.model.eval()
+    scores, labels, inside, outside = [], [], [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            output = dhkd.model(transform(batch.image))
+            scores.append(output.pred_score)
+            labels.append(batch.gt_label)
+            masks = torch.nn.functional.interpolate(batch.gt_mask[:, None].float(), size=(128, 128)) > 0.5
+            inside.append(output.anomaly_map[masks])
+            outside.append(output.anomaly_map[~masks])
+    scores, labels = torch.cat(scores), torch.cat(labels).bool()
+    assert scores[labels].mean() > scores[~labels].mean()
+    assert torch.cat(inside).mean() > 1.5 * torch.cat(outside).mean()
