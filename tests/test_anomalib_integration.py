@@ -177,8 +177,6 @@ def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
         "0",
         "--default_root_dir",
         str(tmp_path / "runs"),
-        "--logger",
-        "false",
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=_environ())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,3 +188,17 @@ def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
     assert help_result.returncode == 0, help_result.stderr[-2000:]
     assert "--model.noise_level" in help_result.stdout
     assert "relative to" in help_result.stdout
+
+
+def test_trains_and_tests_on_shared_real_data(tmp_path: Path) -> None:
+    """One short epoch on the real hazelnut toy set (../shared/data) gives finite metrics in range."""
+    from .conftest import shared_category
+
+    root = shared_category("hazelnut_toy", "hazelnut")
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    model = tiny_dhkd()
+    data = MVTecAD(root=root, category="hazelnut", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine.fit(model=model, datamodule=data)
+    results = engine.test(model=model, datamodule=data, verbose=False)[0]
+    for name in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert 0.0 <= results[name] <= 1.0, (name, results[name])

@@ -32,6 +32,17 @@ def _coupling_subnet(hidden_ratio: float) -> Callable[[int, int], nn.Module]:
     return constructor
 
 
+class _GlobalScaleActivation(nn.Module):
+    """Picklable copy of FrEIA's ``SOFTPLUS`` global-scale activation, ``0.1 * softplus(a, beta=0.5)``.
+
+    FrEIA stores it as a lambda, which ``torch.save(model)`` (anomalib's torch export) cannot pickle.
+    """
+
+    def forward(self, scale: torch.Tensor) -> torch.Tensor:
+        """Map the global-scale parameter to a positive scale."""
+        return 0.1 * nn.functional.softplus(scale, beta=0.5)
+
+
 class ConvFlow(nn.Module):
     """Invertible map from a feature map to a latent of the same shape with a standard-normal prior.
 
@@ -66,8 +77,10 @@ class ConvFlow(nn.Module):
                 subnet_constructor=_coupling_subnet(hidden_ratio),
                 affine_clamping=clamp,
                 permute_soft=False,
+                global_affine_type="SOFTPLUS",
                 **condition,
             )
+            self.flow.module_list[-1].global_scale_activation = _GlobalScaleActivation()
 
     def _conditions(self, features: torch.Tensor) -> list[torch.Tensor]:
         if not self.condition_channels:
