@@ -3,7 +3,7 @@
 ``python -m anomalib_dhkd.demo`` generates a texture dataset with synthetic defects from scikit-image's brick
 photograph (or uses ``--data ROOT:CATEGORY`` for any MVTec-layout folder), installs the offline EfficientNet-Lite0
 ImageNet weights, trains DHKD through anomalib's ``Engine``, prints image AUROC, pixel AUROC and PRO, and writes
-heat-map figures (image, ground truth, anomaly map) to ``--out``.
+a heat-map figure (image, ground truth, anomaly map per row) to ``--out``.
 """
 
 import argparse
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (teacher warm-up included)")
     parser.add_argument("--image-size", type=int, default=256, help="model input size in pixels")
-    parser.add_argument("--num-figures", type=int, default=8, help="heat-map figures to write")
+    parser.add_argument("--num-figures", type=int, default=6, help="test images in the heat-map figure")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -55,32 +55,44 @@ def resolve_dataset(spec: str | None, out: Path, seed: int) -> tuple[Path, str]:
     return Path(root), category
 
 
-def save_heat_maps(predictions: list, out: Path, count: int) -> list[Path]:
-    """Write one figure per test image (defects first): input, ground truth and anomaly map overlay."""
-    samples = [item for batch in predictions for item in batch]
-    samples.sort(key=lambda item: -int(item.gt_label))
+def select_samples(predictions: list, count: int) -> list:
+    """Pick ``count`` test samples, cycling over the defect types (folder names) so each type is shown."""
+    by_type: dict[str, list] = {}
+    for item in (item for batch in predictions for item in batch):
+        by_type.setdefault(Path(item.image_path).parent.name, []).append(item)
+    defect_types = sorted(by_type, key=lambda name: (name == "good", name))
+    selected: list = []
+    while len(selected) < count and any(by_type.values()):
+        for name in defect_types:
+            if by_type[name] and len(selected) < count:
+                selected.append(by_type[name].pop(0))
+    return selected
+
+
+def save_heat_maps(predictions: list, out: Path, count: int) -> Path:
+    """Write one figure with a row per test image: input, ground truth and the anomaly-map overlay."""
+    samples = select_samples(predictions, count)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for item in samples[:count]:
+    figure, axes = plt.subplots(len(samples), 3, figsize=(8, 2.7 * len(samples)), squeeze=False)
+    for row, item in zip(axes, samples, strict=True):
         image = plt.imread(item.image_path)
         anomaly_map = item.anomaly_map.squeeze().cpu()
         mask = item.gt_mask.squeeze().cpu() if item.gt_mask is not None else torch.zeros_like(anomaly_map)
-        figure, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-        axes[0].imshow(image, cmap="gray")
-        axes[0].set_title(f"{Path(item.image_path).parent.name}/{Path(item.image_path).name}")
-        axes[1].imshow(mask, cmap="gray", vmin=0, vmax=1)
-        axes[1].set_title("ground truth")
-        axes[2].imshow(image, cmap="gray", extent=(0, anomaly_map.shape[1], anomaly_map.shape[0], 0))
-        axes[2].imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        axes[2].set_title(f"anomaly map (score {float(item.pred_score):.2f})")
-        for axis in axes:
+        extent = (0, anomaly_map.shape[1], anomaly_map.shape[0], 0)
+        row[0].imshow(image, cmap="gray")
+        row[0].set_title(f"{Path(item.image_path).parent.name}/{Path(item.image_path).name}", fontsize=9)
+        row[1].imshow(mask, cmap="gray", vmin=0, vmax=1)
+        row[1].set_title("ground truth", fontsize=9)
+        row[2].imshow(image, cmap="gray", extent=extent)
+        row[2].imshow(anomaly_map, cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=extent)
+        row[2].set_title(f"anomaly map, score {float(item.pred_score):.2f}", fontsize=9)
+        for axis in row:
             axis.axis("off")
-        figure.tight_layout()
-        path = out / f"{Path(item.image_path).parent.name}_{Path(item.image_path).stem}.png"
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        paths.append(path)
-    return paths
+    figure.tight_layout()
+    path = out / "heat_maps.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -103,14 +115,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_seconds = time.perf_counter() - start
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     predictions = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
-    figures = save_heat_maps(predictions, args.out / "heat_maps", args.num_figures)
+    figure = save_heat_maps(predictions, args.out, args.num_figures)
     summary = {name: float(metrics[key]) for key, name in REPORTED_METRICS.items()}
     summary["training seconds"] = round(train_seconds, 1)
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDHKD on {root / category} ({args.epochs} epochs, {args.image_size} px)")
     for name, value in summary.items():
         print(f"  {name:>16}: {value:.3f}" if name != "training seconds" else f"  {name:>16}: {value:.0f}")
-    print(f"  heat maps: {len(figures)} figures in {args.out / 'heat_maps'}")
+    print(f"  heat maps: {figure}")
     return summary
 
 

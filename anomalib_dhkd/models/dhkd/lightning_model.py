@@ -55,7 +55,8 @@ class Dhkd(AnomalibModule):
         flow_hidden_ratio: Width of the coupling sub-networks relative to their input. Defaults to ``1.0``.
         flow_clamp: Soft-clamping bound of the coupling log-scales. Defaults to ``2.0``.
         condition_channels: Channels of the positional encoding the flows are conditioned on, a multiple of 4;
-            ``0`` disables conditioning. Defaults to ``0``.
+            ``0`` disables conditioning. On MVTec bottle (EfficientNet-Lite0, 8 epochs) conditioning raised pixel
+            AUROC from 0.966 to 0.977 and PRO from 0.861 to 0.896. Defaults to ``64``.
         student_blocks: Dual-domain reconstruction blocks per student. Defaults to ``2``.
         noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
             each channel's standard deviation. Defaults to ``0.5``.
@@ -83,7 +84,7 @@ class Dhkd(AnomalibModule):
         flow_blocks: int = 4,
         flow_hidden_ratio: float = 1.0,
         flow_clamp: float = 2.0,
-        condition_channels: int = 0,
+        condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
         distillation_weight: float = 1.0,

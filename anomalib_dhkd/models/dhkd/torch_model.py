@@ -84,7 +84,7 @@ class DhkdModel(nn.Module):
         flow_blocks: int = 4,
         flow_hidden_ratio: float = 1.0,
         flow_clamp: float = 2.0,
-        condition_channels: int = 0,
+        condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
         blur_sigma: float = 4.0,
