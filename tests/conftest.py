@@ -9,6 +9,7 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_BACKBONE = {"backbone": "tf_efficientnet_lite0", "layers": ("blocks.1", "blocks.2", "blocks.4")}
+TINY_IMAGE_SIZE = 64
 
 
 def shared_category(dataset: str, category: str) -> Path:
@@ -35,3 +36,33 @@ def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("textures")
     generate_texture_dataset(root, "brick", image_size=64, num_train=16, num_test_good=6, num_test_defect=8, seed=0)
     return root
+
+
+def tiny_dhkd() -> "Dhkd":  # noqa: F821
+    """A small DHKD (random encoder, 2 flow blocks, 2 epochs) that trains in seconds at 64 px."""
+    from anomalib_dhkd import Dhkd
+
+    return Dhkd(
+        **TINY_BACKBONE,
+        pre_trained=False,
+        flow_blocks=2,
+        condition_channels=8,
+        max_epochs=2,
+        teacher_warmup_epochs=1,
+        pre_processor=Dhkd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """``(engine, model, datamodule)``: a tiny DHKD fitted on the synthetic textures through anomalib's Engine."""
+    import torch
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    engine = Engine(default_root_dir=tmp_path_factory.mktemp("engine"), logger=False, enable_progress_bar=False)
+    model = tiny_dhkd()
+    data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine.fit(model=model, datamodule=data)
+    return engine, model, data

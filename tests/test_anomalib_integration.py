@@ -13,35 +13,10 @@ from anomalib.engine import Engine
 
 from anomalib_dhkd import Dhkd
 
-from .conftest import TINY_BACKBONE
+from .conftest import TINY_IMAGE_SIZE, tiny_dhkd
 
 pytestmark = pytest.mark.slow
-IMAGE_SIZE = 64
-
-
-def tiny_dhkd() -> Dhkd:
-    return Dhkd(
-        **TINY_BACKBONE,
-        pre_trained=False,
-        flow_blocks=2,
-        condition_channels=8,
-        max_epochs=2,
-        teacher_warmup_epochs=1,
-        pre_processor=Dhkd.configure_pre_processor((IMAGE_SIZE, IMAGE_SIZE), TINY_BACKBONE["backbone"]),
-    )
-
-
-def datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
-
-
-@pytest.fixture(scope="module")
-def trained(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, Dhkd, MVTecAD]:
-    torch.manual_seed(0)
-    engine = Engine(default_root_dir=tmp_path_factory.mktemp("engine"), logger=False, enable_progress_bar=False)
-    model, data = tiny_dhkd(), datamodule(texture_root)
-    engine.fit(model=model, datamodule=data)
-    return engine, model, data
+IMAGE_SIZE = TINY_IMAGE_SIZE
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -77,16 +52,16 @@ def test_autoload_can_be_switched_off() -> None:
     assert result.stdout.strip() == "False"
 
 
-def test_trainer_arguments_carry_epochs_and_clipping(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
-    engine, model, _ = trained
+def test_trainer_arguments_carry_epochs_and_clipping(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, _ = trained_tiny
     assert engine.trainer.max_epochs == model.max_epochs == 2
     assert engine.trainer.current_epoch == 2
     assert engine.trainer.gradient_clip_val == 1.0
     assert model.training_student
 
 
-def test_validate_and_test_report_finite_metrics(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
-    engine, model, data = trained
+def test_validate_and_test_report_finite_metrics(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, data = trained_tiny
     validation = engine.validate(model=model, datamodule=data, verbose=False)[0]
     assert "image_AUROC" in validation
     results = engine.test(model=model, datamodule=data, verbose=False)[0]
@@ -94,8 +69,8 @@ def test_validate_and_test_report_finite_metrics(trained: tuple[Engine, Dhkd, MV
         assert 0.0 <= results[name] <= 1.0, (name, results[name])
 
 
-def test_predict_gives_maps_scores_and_labels(trained: tuple[Engine, Dhkd, MVTecAD]) -> None:
-    engine, model, data = trained
+def test_predict_gives_maps_scores_and_labels(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    engine, model, data = trained_tiny
     predictions = engine.predict(model=model, dataloaders=data.test_dataloader())
     batch = predictions[0]
     assert batch.anomaly_map.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)
@@ -104,8 +79,8 @@ def test_predict_gives_maps_scores_and_labels(trained: tuple[Engine, Dhkd, MVTec
     assert torch.isfinite(batch.anomaly_map).all()
 
 
-def test_checkpoint_reload_gives_identical_scores(trained: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
-    engine, model, _ = trained
+def test_checkpoint_reload_gives_identical_scores(trained_tiny: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
+    engine, model, _ = trained_tiny
     checkpoint = tmp_path / "dhkd.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     reloaded = Dhkd.load_from_checkpoint(checkpoint)
@@ -117,8 +92,8 @@ def test_checkpoint_reload_gives_identical_scores(trained: tuple[Engine, Dhkd, M
     torch.testing.assert_close(actual.pred_score, expected.pred_score)
 
 
-def test_export_torch_onnx_openvino_match_eager(trained: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
-    engine, model, _ = trained
+def test_export_torch_onnx_openvino_match_eager(trained_tiny: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
+    engine, model, _ = trained_tiny
     images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     model.eval()
     with torch.no_grad():

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import timm
+import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.deploy import CompressionType
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -39,6 +41,24 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from anomalib_dhkd.evaluation import default_evaluator
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
+
+
+def check_finite_images(batch: Batch) -> None:
+    """Raise a one-line ``ValueError`` naming the images of ``batch`` that contain NaN or infinite values.
+
+    A non-finite pixel (from a custom datamodule or transform) would otherwise only surface as a non-finite loss
+    term, with no hint of which image caused it.
+    """
+    finite = torch.isfinite(batch.image).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    paths = list(batch.image_path or [])
+    names = [str(paths[i]) if i < len(paths) else f"batch item {i}" for i in (~finite).nonzero().flatten().tolist()]
+    msg = (
+        f"Input image(s) with NaN or infinite pixel values: {', '.join(names)}. Check the datamodule's transforms "
+        "and the image files (python -m anomalib_dhkd.check ROOT)."
+    )
+    raise ValueError(msg)
 
 
 class Dhkd(AnomalibModule):
@@ -163,10 +183,12 @@ class Dhkd(AnomalibModule):
         """Compute the DHKD loss of a batch of normal images.
 
         Raises:
+            ValueError: If an input image contains NaN or infinite values, naming the image paths.
             FloatingPointError: As soon as a loss term is not finite, naming the term, epoch and step.
 
         """
         del args, kwargs  # These variables are not used.
+        check_finite_images(batch)
         terms = self.loss(*self.model(batch.image), train_student=self.training_student)
         for name, value in terms._asdict().items():
             if not math.isfinite(value.item()):
@@ -185,6 +207,33 @@ class Dhkd(AnomalibModule):
         del args, kwargs  # These variables are not used.
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def _compress_ov_model(
+        self,
+        model: Any,
+        compression_type: CompressionType | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """Refuse INT8 activation quantisation, which breaks DHKD; weight-only INT8 and FP16 go through anomalib.
+
+        The flow teacher is built to amplify deviations of its input features (Sec. 3 of the paper: maximise
+        ``Diff(T(I), T(I'))``), and INT8 rounding of the encoder is such a deviation. Measured on MVTec bottle
+        (``benchmarks/deployment.py``, OpenVINO 2026.4, NNCF 3.4): ``INT8_PTQ`` produced a model OpenVINO's CPU
+        plugin could not compile ("unexpected levels 75 for precision i8"), quantising the encoder's activations
+        alone dropped image AUROC from 0.994 to 0.500, and INT8 weights (``INT8``) to 0.815.
+
+        Raises:
+            ValueError: For ``INT8_PTQ`` and ``INT8_ACQ``.
+
+        """
+        if compression_type in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
+            msg = (
+                f"DHKD does not support {compression_type.value} export: INT8 activations break its flow teacher "
+                "(see Dhkd._compress_ov_model). Export FP32 (no --compression_type) or FP16 instead."
+            )
+            raise ValueError(msg)
+        return super()._compress_ov_model(model, compression_type, *args, **kwargs)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

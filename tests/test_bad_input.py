@@ -1,0 +1,82 @@
+"""Bad input reaching the model: non-finite pixels are stopped with the image paths; constant images stay finite."""
+
+import math
+
+import pytest
+import torch
+from anomalib.data import ImageBatch
+
+from anomalib_dhkd import Dhkd
+from anomalib_dhkd.models.dhkd.lightning_model import check_finite_images
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def model() -> Dhkd:
+    torch.manual_seed(0)
+    layers = ("blocks.1", "blocks.2", "blocks.4")
+    return Dhkd(backbone=BACKBONE, layers=layers, pre_trained=False, max_epochs=2, teacher_warmup_epochs=1)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """Normalise like the pre-processor does, at 64 px to keep the test fast."""
+    return Dhkd.configure_pre_processor((64, 64), BACKBONE).transform(images)
+
+
+@pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf])
+def test_training_step_rejects_non_finite_images(model: Dhkd, bad_value: float) -> None:
+    image = torch.rand(3, 3, 64, 64)
+    image[1, 2, 30, 40] = bad_value
+    paths = ["parts/train/good/000.png", "parts/train/good/001.png", "parts/train/good/002.png"]
+    batch = ImageBatch(image=image, image_path=paths)
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        model.training_step(batch)
+    message = str(error.value)
+    assert "\n" not in message
+    assert paths[1] in message
+    assert paths[0] not in message
+    assert paths[2] not in message
+
+
+def test_non_finite_check_without_paths_names_the_batch_item() -> None:
+    image = torch.zeros(2, 3, 8, 8)
+    image[1, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="batch item 1"):
+        check_finite_images(ImageBatch(image=image))
+    check_finite_images(ImageBatch(image=torch.rand(2, 3, 8, 8), image_path=["a.png", "b.png"]))  # no error
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_finite_batch_trains(model: Dhkd) -> None:
+    batch = ImageBatch(image=torch.rand(2, 3, 64, 64), image_path=["a.png", "b.png"])
+    model.model.train()
+    loss = model.training_step(batch)["loss"]
+    assert torch.isfinite(loss)
+
+
+def test_constant_black_images_give_finite_anomaly_maps(model: Dhkd) -> None:
+    """All-black frames (normalised like the pre-processor does) keep the model finite, even after training on them."""
+    black = normalise(torch.zeros(2, 3, 64, 64))
+    model.model.eval()
+    with torch.no_grad():
+        output = model.model(black)
+    assert output.anomaly_map.shape == (2, 1, 64, 64)
+    assert torch.isfinite(output.anomaly_map).all()
+    assert torch.isfinite(output.pred_score).all()
+    # training on black frames only drives the features' BatchNorm running variance towards 0; momentum 1 gets
+    # there in one forward instead of dozens
+    model.model.train()
+    for norm in model.model.feature_norms:
+        norm.momentum = 1.0
+    with torch.no_grad():
+        model.model(black)
+    for norm in model.model.feature_norms:
+        norm.momentum = 0.1
+    assert min(float(norm.running_var.min()) for norm in model.model.feature_norms) < 0.1
+    model.model.eval()
+    with torch.no_grad():
+        for images in (black, normalise(torch.rand(2, 3, 64, 64))):
+            output = model.model(images)
+            assert torch.isfinite(output.anomaly_map).all()
+            assert torch.isfinite(output.pred_score).all()

@@ -1,0 +1,139 @@
+"""Deployment path: `anomalib export` CLI, INT8 quantisation, runtime parity on real images and folder prediction."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.engine import Engine
+from PIL import Image
+
+from anomalib_dhkd import Dhkd
+from anomalib_dhkd.deploy import load_exported, model_input_size
+
+from .conftest import TINY_IMAGE_SIZE, shared_category, tiny_dhkd
+
+pytestmark = pytest.mark.slow
+SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+
+
+def eager_outputs(model: Dhkd, images: torch.Tensor) -> dict[str, np.ndarray]:
+    model.eval()
+    with torch.no_grad():
+        output = model(images)
+    return {name: getattr(output, name).numpy() for name in ("pred_score", "pred_label", "anomaly_map", "pred_mask")}
+
+
+def real_test_images(root: Path, category: str) -> torch.Tensor:
+    data = MVTecAD(root=root, category=category, num_workers=0)
+    data.setup("test")
+    resize = torch.nn.functional.interpolate
+    return torch.cat([resize(item.image[None], size=SIZE, mode="bilinear", antialias=True) for item in data.test_data])
+
+
+@pytest.fixture(scope="module")
+def hazelnut_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, Dhkd, MVTecAD, Path]:
+    """A tiny DHKD trained on the real hazelnut toy set, with its ONNX and OpenVINO exports."""
+    root = shared_category("hazelnut_toy", "hazelnut")
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("hazelnut")
+    engine = Engine(default_root_dir=out, logger=False, enable_progress_bar=False)
+    model = tiny_dhkd()
+    data = MVTecAD(root=root, category="hazelnut", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine.fit(model=model, datamodule=data)
+    engine.export(model, ExportType.ONNX, export_root=out, input_size=SIZE)
+    engine.export(model, ExportType.OPENVINO, export_root=out, input_size=SIZE)
+    return engine, model, data, out / "weights"
+
+
+@pytest.mark.parametrize("path", ["onnx/model.onnx", "openvino/model.xml"])
+def test_runtimes_match_torch_on_real_images(hazelnut_model: tuple, path: str) -> None:
+    """ONNX Runtime and OpenVINO (f32) give torch's normalised scores and maps within 1e-3, and its decisions."""
+    _, model, _, weights = hazelnut_model
+    images = real_test_images(shared_category("hazelnut_toy", "hazelnut"), "hazelnut")
+    expected = eager_outputs(model, images)
+    actual = load_exported(weights / path)(images.numpy())
+    np.testing.assert_allclose(actual["pred_score"].ravel(), expected["pred_score"].ravel(), atol=1e-3)
+    np.testing.assert_allclose(actual["anomaly_map"], expected["anomaly_map"], atol=1e-3)
+    decided = np.abs(expected["pred_score"].ravel() - 0.5) > 1e-3  # a score on the threshold may round either way
+    labels, expected_labels = actual["pred_label"].ravel().astype(bool), expected["pred_label"].ravel().astype(bool)
+    assert (labels == expected_labels)[decided].all()
+    assert (actual["pred_mask"].astype(bool) == expected["pred_mask"].astype(bool)).mean() > 0.999
+    assert model_input_size(weights / path) == SIZE
+
+
+def test_int8_activation_quantisation_is_refused_with_a_reason(hazelnut_model: tuple, tmp_path: Path) -> None:
+    """INT8_PTQ/ACQ would give a broken model (see Dhkd._compress_ov_model): the export stops and says why."""
+    engine, model, data, _ = hazelnut_model
+    for compression in (CompressionType.INT8_PTQ, CompressionType.INT8_ACQ):
+        with pytest.raises(ValueError, match=f"does not support {compression.value}.*FP16"):
+            engine.export(
+                model,
+                ExportType.OPENVINO,
+                export_root=tmp_path,
+                input_size=SIZE,
+                compression_type=compression,
+                datamodule=data,
+            )
+
+
+def test_int8_weight_compression_exports_a_smaller_runnable_model(hazelnut_model: tuple, tmp_path: Path) -> None:
+    engine, model, _, weights = hazelnut_model
+    int8_path = engine.export(
+        model, ExportType.OPENVINO, export_root=tmp_path, input_size=SIZE, compression_type=CompressionType.INT8
+    )
+    assert int8_path.with_suffix(".bin").stat().st_size < 0.5 * (weights / "openvino/model.bin").stat().st_size
+    outputs = load_exported(int8_path)(torch.rand(2, 3, *SIZE).numpy())
+    assert np.isfinite(outputs["anomaly_map"]).all()
+    assert outputs["anomaly_map"].shape == (2, 1, *SIZE)
+
+
+def test_anomalib_export_cli_from_checkpoint(trained_tiny: tuple, tmp_path: Path) -> None:
+    """`anomalib export --model Dhkd --ckpt_path ...` rebuilds the model from the checkpoint and exports it."""
+    engine, _, _ = trained_tiny
+    checkpoint = tmp_path / "dhkd.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    command = [str(Path(sys.executable).with_name("anomalib")), "export", "--model", "Dhkd"]
+    command += ["--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.1, blocks.2, blocks.4]"]
+    command += ["--model.pre_trained", "false", "--ckpt_path", str(checkpoint), "--export_type", "openvino"]
+    command += ["--input_size", f"[{SIZE[0]},{SIZE[1]}]", "--default_root_dir", str(tmp_path / "export")]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-3000:]
+    xml = tmp_path / "export" / "weights" / "openvino" / "model.xml"
+    images = torch.rand(2, 3, *SIZE)
+    expected = eager_outputs(Dhkd.load_from_checkpoint(checkpoint), images)
+    np.testing.assert_allclose(load_exported(xml)(images.numpy())["anomaly_map"], expected["anomaly_map"], atol=1e-3)
+
+
+def test_predict_command_writes_heat_maps_and_table(hazelnut_model: tuple, tmp_path: Path) -> None:
+    """`python -m anomalib_dhkd.predict MODEL FOLDER` visualises every readable image and lists the broken one."""
+    _, _, _, weights = hazelnut_model
+    source = shared_category("hazelnut_toy", "hazelnut") / "hazelnut" / "test"
+    folder = tmp_path / "incoming"
+    (folder / "line1").mkdir(parents=True)
+    for index, path in enumerate(sorted(source.rglob("*.png"))[:3]):
+        Image.open(path).save(folder / "line1" / f"part{index}.png")
+    Image.open(path).convert("L").resize((90, 50)).save(folder / "odd_size_gray.jpg")
+    (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "predictions"
+    command = [sys.executable, "-m", "anomalib_dhkd.predict", str(weights / "openvino/model.xml"), str(folder)]
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "truncated.png" in result.stderr
+    with (out / "predictions.csv").open() as file:
+        rows = {row["image"]: row for row in csv.DictReader(file)}
+    assert set(rows) == {"line1/part0.png", "line1/part1.png", "line1/part2.png", "odd_size_gray.jpg", "truncated.png"}
+    assert rows["truncated.png"]["label"] == "error"
+    for name in set(rows) - {"truncated.png"}:
+        assert 0.0 <= float(rows[name]["score"]) <= 1.0
+        assert rows[name]["label"] in {"normal", "anomalous"}
+        figure = Image.open((out / "images" / name).with_suffix(".png"))
+        original = Image.open(folder / name)
+        assert figure.height == original.height  # three panels at the image's own size
+        assert figure.width == 3 * original.width
