@@ -38,19 +38,20 @@ def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_dhkd() -> "Dhkd":  # noqa: F821
+def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
     """A small DHKD (random encoder, 2 flow blocks, 2 epochs) that trains in seconds at 64 px."""
     from anomalib_dhkd import Dhkd
 
-    return Dhkd(
+    arguments = {
         **TINY_BACKBONE,
-        pre_trained=False,
-        flow_blocks=2,
-        condition_channels=8,
-        max_epochs=2,
-        teacher_warmup_epochs=1,
-        pre_processor=Dhkd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
-    )
+        "pre_trained": False,
+        "flow_blocks": 2,
+        "condition_channels": 8,
+        "max_epochs": 2,
+        "teacher_warmup_epochs": 1,
+        "pre_processor": Dhkd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
+    }
+    return Dhkd(**{**arguments, **overrides})
 
 
 @pytest.fixture(scope="session")

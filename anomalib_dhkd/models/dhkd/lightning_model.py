@@ -34,10 +34,12 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_dhkd.callbacks import RandomStateCheckpoint
 from anomalib_dhkd.evaluation import default_evaluator
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
@@ -234,6 +236,10 @@ class Dhkd(AnomalibModule):
             )
             raise ValueError(msg)
         return super()._compress_ov_model(model, compression_type, *args, **kwargs)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Checkpoint the random generators too, so that a resumed run continues exactly like an uninterrupted one."""
+        return [RandomStateCheckpoint()]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
