@@ -29,15 +29,18 @@ class PowerCut(Callback):
 
 
 def fit(root: Path, texture_root: Path, max_epochs: int = 3, ckpt_path: Path | None = None, **engine_args) -> Dhkd:
+    """Train a tiny DHKD with seed 0; ``test_metrics`` holds its test metrics."""
     seed_everything(0, workers=True)
     model = tiny_dhkd(max_epochs=max_epochs)
     data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
     engine = Engine(default_root_dir=root, logger=False, enable_progress_bar=False, **engine_args)
     engine.fit(model=model, datamodule=data, ckpt_path=ckpt_path)
+    model.test_metrics = engine.test(model=model, datamodule=data, verbose=False)[0]
     return model.eval()
 
 
 def predictions(model: Dhkd) -> torch.Tensor:
+    """Raw anomaly maps of three fixed random images (normalised ones would saturate at 1 on noise)."""
     images = torch.rand(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         return model.model(images).anomaly_map
@@ -51,12 +54,15 @@ def test_same_seed_gives_identical_models(texture_root: Path, tmp_path: Path) ->
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(texture_root: Path, tmp_path: Path) -> None:
     """Weights, optimiser, warm-up schedule and random generators all come back from the checkpoint."""
-    uninterrupted = predictions(fit(tmp_path / "full", texture_root))
+    full_model = fit(tmp_path / "full", texture_root)
+    uninterrupted = predictions(full_model)
     with pytest.raises(RuntimeError, match="simulated power cut"):
         fit(tmp_path / "cut", texture_root, callbacks=[PowerCut(epoch=2)])
     (checkpoint,) = (tmp_path / "cut").rglob("*.ckpt")
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    resumed = predictions(fit(tmp_path / "resumed", texture_root, ckpt_path=checkpoint))
-    torch.testing.assert_close(resumed, uninterrupted, rtol=0, atol=1e-6)
+    resumed_model = fit(tmp_path / "resumed", texture_root, ckpt_path=checkpoint)
+    torch.testing.assert_close(predictions(resumed_model), uninterrupted, rtol=0, atol=1e-6)
+    assert set(resumed_model.test_metrics) >= {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"}
+    assert resumed_model.test_metrics == pytest.approx(full_model.test_metrics, abs=1e-6)
     different_start = predictions(fit(tmp_path / "short", texture_root, max_epochs=2))
     assert not torch.allclose(different_start, uninterrupted, atol=1e-4)  # the comparison can tell runs apart

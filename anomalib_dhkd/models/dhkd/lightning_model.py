@@ -35,6 +35,7 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
@@ -237,9 +238,23 @@ class Dhkd(AnomalibModule):
             raise ValueError(msg)
         return super()._compress_ov_model(model, compression_type, *args, **kwargs)
 
+    def setup(self, stage: str) -> None:
+        """Let DDP tolerate the students' parameters, which get no gradient during the teacher warm-up.
+
+        Without ``find_unused_parameters``, ``--trainer.strategy ddp`` stops at the first step of the warm-up.
+        """
+        del stage  # The same for every stage.
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and self.teacher_warmup_epochs > 0:
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)  # Lightning has no public setter
+
     def configure_callbacks(self) -> list[Callback]:
-        """Checkpoint the random generators too, so that a resumed run continues exactly like an uninterrupted one."""
-        return [RandomStateCheckpoint()]
+        """Add a checkpoint of the random generators to anomalib's callbacks (pre-/post-processor, evaluator, ...).
+
+        With it, a run resumed with ``ckpt_path`` continues exactly like the uninterrupted run.
+        """
+        callbacks = super().configure_callbacks()
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), RandomStateCheckpoint()]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
