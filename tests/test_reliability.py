@@ -1,5 +1,8 @@
 """Reliability: same seed gives the same model, and an interrupted run resumes to the uninterrupted result."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,21 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(texture_root: Path,
     assert resumed_model.test_metrics == pytest.approx(full_model.test_metrics, abs=1e-6)
     different_start = predictions(fit(tmp_path / "short", texture_root, max_epochs=2))
     assert not torch.allclose(different_start, uninterrupted, atol=1e-4)  # the comparison can tell runs apart
+
+
+def test_cli_trains_under_cpu_ddp(texture_root: Path, tmp_path: Path) -> None:
+    """`anomalib train ... --trainer.strategy ddp --trainer.devices 2` on CPU trains, checkpoints and tests."""
+    config = tmp_path / "dhkd.yaml"
+    config.write_text(
+        "model:\n  class_path: Dhkd\n  init_args:\n    backbone: tf_efficientnet_lite0\n"
+        "    layers: [blocks.1, blocks.2, blocks.4]\n    pre_trained: false\n    flow_blocks: 2\n"
+        "    condition_channels: 8\n    max_epochs: 2\n    teacher_warmup_epochs: 1\nseed_everything: 0\n"
+    )
+    command = [str(Path(sys.executable).with_name("anomalib")), "train", "--config", str(config)]
+    command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(texture_root), "--data.category", "brick"]
+    command += ["--data.train_batch_size", "4", "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "runs")]
+    command += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "image_AUROC" in result.stdout + result.stderr
+    assert list((tmp_path / "runs").rglob("*.ckpt"))
