@@ -24,7 +24,7 @@ from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_dhkd.data import generate_texture_dataset
-from anomalib_dhkd.models import Dhkd
+from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.weights import install_efficientnet_lite0
 
 REPORTED_METRICS = {"image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC", "pixel_AUPRO": "PRO"}
@@ -101,13 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     seed_everything(args.seed, workers=True)
     root, category = resolve_dataset(args.data, args.out, args.seed)
     install_efficientnet_lite0()
-    model = Dhkd(
-        backbone="tf_efficientnet_lite0",
-        layers=("blocks.1", "blocks.2", "blocks.4"),
-        max_epochs=args.epochs,
-        teacher_warmup_epochs=min(2, args.epochs - 1),
-        pre_processor=Dhkd.configure_pre_processor((args.image_size, args.image_size), "tf_efficientnet_lite0"),
-    )
+    model = offline_dhkd(args.image_size, max_epochs=args.epochs, teacher_warmup_epochs=min(2, args.epochs - 1))
     datamodule = MVTecAD(root=root, category=category, train_batch_size=8, eval_batch_size=8, num_workers=2)
     engine = Engine(default_root_dir=args.out / "runs", logger=False)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_dhkd import Dhkd
+from anomalib_dhkd.models import Dhkd, offline_dhkd
 from anomalib_dhkd.weights import install_efficientnet_lite0
 
 
@@ -50,13 +50,11 @@ def main() -> None:
     root, _, category = args.data.rpartition(":")
     if not args.no_pretrained:
         install_efficientnet_lite0()
-    model = Dhkd(
-        backbone="tf_efficientnet_lite0",
-        layers=("blocks.1", "blocks.2", "blocks.4"),
+    model = offline_dhkd(
+        args.image_size,
         pre_trained=not args.no_pretrained,
         max_epochs=args.epochs,
         teacher_warmup_epochs=args.warmup,
-        pre_processor=Dhkd.configure_pre_processor((args.image_size, args.image_size), "tf_efficientnet_lite0"),
     )
     datamodule = MVTecAD(root=root, category=category, train_batch_size=8, eval_batch_size=8, num_workers=1)
     # Validation (which fits the post-processor's normalisation) only after the last epoch, to save CPU time.

@@ -1,0 +1,115 @@
+"""What each benchmark run trains: models, tracks, epoch budgets, backbones and layers.
+
+Every budget and layer choice of the suite is in this module; ``benchmarks/README.md`` explains them.
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anomalib_dhkd.models.dhkd.presets import OFFLINE_BACKBONE, OFFLINE_LAYERS
+
+MODELS = ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation")
+TRACKS = ("pretrained", "none")
+# Test metrics of anomalib_dhkd.evaluation.default_evaluator kept in the records (pixel_AUPRO is PRO).
+METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO")
+MEASUREMENTS = (
+    *METRICS,
+    "train_seconds",
+    "images_per_second_batch1",
+    "images_per_second_batch16",
+    "peak_rss_mb",
+    "params_total",
+    "params_trainable",
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+FULL_DATA = (f"{SHARED_DATA / 'mvtec_ad'}:bottle", f"{SHARED_DATA / 'magnetic_tile'}:magnetic_tile")
+QUICK_DATA = (f"{SHARED_DATA / 'hazelnut_toy'}:hazelnut",)
+FULL_IMAGE_SIZE = 256
+# --quick: all five models run at 64 px (Reverse Distillation's bottleneck then works on 2 x 2 maps).
+QUICK_IMAGE_SIZE = 64
+BATCH_SIZE = 8
+# Test batches of anomalib's default size for every model. CFlow normalises likelihoods over the test batch, so its
+# scores depend on the batch: on the quick set (23 test images) batch 8 gave image AUROC 0.029, batch 32 gave 1.000.
+EVAL_BATCH_SIZE = 32
+# Seconds of timed inference per batch size (at least 3 calls, after one warm-up call; the median call counts).
+THROUGHPUT_SECONDS = 3.0
+QUICK_THROUGHPUT_SECONDS = 1.0
+
+# Training epochs per model on 2 CPU cores. PaDiM and PatchCore fit statistics in one pass (anomalib fixes 1).
+# DHKD: 4 epochs, the first one teacher-only, as measured in benchmarks/README.md. CFlow takes an optimiser step
+# per 64 feature vectors (about 18,000 steps per epoch on bottle at 256 px); measured 26 s per batch of 8, about
+# 12 min per epoch on bottle. Reverse Distillation (resnet18, no weights): 1.7 s per batch, under 1 min per epoch.
+EPOCHS = {"dhkd": 4, "padim": 1, "patchcore": 1, "cflow": 1, "reverse_distillation": 10}
+DHKD_WARMUP_EPOCHS = 1
+# --quick: one epoch each; DHKD then trains teacher and student jointly from the start (no warm-up).
+QUICK_EPOCHS = dict.fromkeys(MODELS, 1)
+QUICK_DHKD_WARMUP_EPOCHS = 0
+
+BACKBONES = dict.fromkeys(MODELS, OFFLINE_BACKBONE) | {"reverse_distillation": "resnet18"}
+# Feature layers: the tf_efficientnet_lite0 equivalents (same stride) of anomalib's defaults, among the layers timm
+# exposes (blocks.0/1/2/4/6 at strides 2/4/8/16/32). CFlow's default layer2-4 would be blocks.2/4/6; blocks.6 has
+# 320 channels and made CFlow's training twice as slow, so CFlow uses DHKD's blocks.1/2/4.
+LAYERS = {
+    "dhkd": OFFLINE_LAYERS,
+    "padim": ("blocks.1", "blocks.2", "blocks.4"),  # anomalib: layer1-3
+    "patchcore": ("blocks.2", "blocks.4"),  # anomalib: layer2-3
+    "cflow": ("blocks.1", "blocks.2", "blocks.4"),  # anomalib: layer2-4
+    "reverse_distillation": ("layer1", "layer2", "layer3"),  # anomalib's default; RD decodes ResNets only
+}
+# anomalib's ReverseDistillation builds its decoder for ResNets only, and no ResNet weights are available offline:
+# it runs with pre_trained=False in both tracks.
+WITHOUT_WEIGHTS = frozenset({"reverse_distillation"})
+# PaDiM keeps a random subset of the 176 channels; anomalib has no default for tf_efficientnet_lite0 and keeps 100
+# for resnet18.
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {"padim": {"n_features": 100}}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of one run, stored in its record."""
+
+    epochs: int
+    image_size: int
+    seed: int
+    backbone: str
+    layers: tuple[str, ...]
+    pre_trained: bool
+    batch_size: int
+    eval_batch_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunSettings":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**values, "layers": tuple(values["layers"])})
+
+
+def run_settings(
+    model: str,
+    track: str,
+    image_size: int,
+    seed: int,
+    quick: bool,
+    layers: tuple[str, ...] | None = None,
+) -> RunSettings:
+    """Settings of ``model`` in ``track``; ``layers`` replaces the model's default layers."""
+    options = dict(MODEL_OPTIONS.get(model, {}))
+    if model == "dhkd":
+        options["teacher_warmup_epochs"] = QUICK_DHKD_WARMUP_EPOCHS if quick else DHKD_WARMUP_EPOCHS
+    return RunSettings(
+        epochs=(QUICK_EPOCHS if quick else EPOCHS)[model],
+        image_size=image_size,
+        seed=seed,
+        backbone=BACKBONES[model],
+        layers=layers or LAYERS[model],
+        pre_trained=track == "pretrained" and model not in WITHOUT_WEIGHTS,
+        batch_size=BATCH_SIZE,
+        eval_batch_size=EVAL_BATCH_SIZE,
+        options=options,
+    )

@@ -1,0 +1,212 @@
+"""One benchmark run, in its own process: train, test and measure one model on one dataset.
+
+``python -m benchmarks.run`` starts ``python -m benchmarks.suite.worker JOB RESULT MAPS`` per run, so that peak
+RSS is the run's own and a crash costs only that run. ``JOB`` is a JSON object (model, root, category, settings,
+gallery image paths, seconds of timed inference); the worker writes its measurements as JSON to ``RESULT`` and the
+anomaly maps of the gallery images to ``MAPS`` (a ``torch.save`` file). A failure raises, which the parent records
+from the exit status.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from anomalib.data import Batch, MVTecAD
+from anomalib.engine import Engine
+from anomalib.models import Cflow, Padim, Patchcore, ReverseDistillation
+from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from torch.optim import Optimizer
+
+from anomalib_dhkd.evaluation import default_evaluator
+from anomalib_dhkd.models import OFFLINE_BACKBONE, Dhkd, offline_dhkd
+from anomalib_dhkd.weights import install_efficientnet_lite0
+from benchmarks.suite.settings import METRICS, RunSettings
+
+TORCH_THREADS = 2
+PEER_MODELS: dict[str, type[AnomalibModule]] = {
+    "padim": Padim,
+    "patchcore": Patchcore,
+    "cflow": Cflow,
+    "reverse_distillation": ReverseDistillation,
+}
+
+
+def build_model(name: str, settings: RunSettings) -> AnomalibModule:
+    """Build ``name`` with the suite's shared pre-processing, the project's evaluator and no visualiser.
+
+    Every model resizes to ``settings.image_size`` and normalises with its backbone's pretrained statistics (DHKD's
+    pre-processor); every model is scored by :func:`anomalib_dhkd.evaluation.default_evaluator`.
+    """
+    common = {
+        "pre_processor": Dhkd.configure_pre_processor((settings.image_size,) * 2, settings.backbone),
+        "evaluator": default_evaluator(),
+        "visualizer": False,
+    }
+    if name == "dhkd":
+        return offline_dhkd(
+            settings.image_size,
+            pre_trained=settings.pre_trained,
+            layers=settings.layers,
+            max_epochs=settings.epochs,
+            **settings.options,
+            **common,
+        )
+    return PEER_MODELS[name](
+        backbone=settings.backbone,
+        layers=list(settings.layers),
+        pre_trained=settings.pre_trained,
+        **settings.options,
+        **common,
+    )
+
+
+def check_layers(model: AnomalibModule, layers: tuple[str, ...]) -> None:
+    """Raise unless the model has one feature extractor and it extracts exactly ``layers``.
+
+    anomalib's ``TimmFeatureExtractor`` drops layer names the backbone does not have, with only a warning.
+    """
+    extracted = [list(module.layers) for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
+    if extracted != [list(layers)]:
+        msg = f"{type(model).__name__} extracts layers {extracted}, requested {list(layers)}"
+        raise ValueError(msg)
+
+
+def optimised_parameters(optimizers: list[Optimizer]) -> int:
+    """Number of parameters the optimisers update (0 for models that only fit statistics)."""
+    parameters = {id(p): p for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    return sum(p.numel() for p in parameters.values())
+
+
+def images_per_second(
+    model: AnomalibModule,
+    image_size: int,
+    batch_size: int,
+    min_seconds: float = 3.0,
+    min_calls: int = 3,
+) -> float:
+    """Torch eager CPU throughput of the full forward (pre-processing to post-processing) on random images.
+
+    One untimed warm-up call, then calls until both ``min_seconds`` and ``min_calls`` are reached. The median call
+    time counts, so that a burst of load from other processes on the machine does not skew the result.
+    """
+    images = torch.rand(batch_size, 3, image_size, image_size)
+    model.eval()
+    with torch.inference_mode():
+        model(images)
+        durations: list[float] = []
+        while len(durations) < min_calls or sum(durations) < min_seconds:
+            start = time.perf_counter()
+            model(images)
+            durations.append(time.perf_counter() - start)
+    return batch_size / statistics.median(durations)
+
+
+class GalleryMaps(Callback):
+    """Keep the raw anomaly maps and masks of chosen test images (before anomalib's post-processor rescales them)."""
+
+    def __init__(self, image_paths: list[str]) -> None:
+        self.image_paths = image_paths
+        self.maps: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Batch,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Store the maps of the chosen images in this batch."""
+        del trainer, pl_module, args, kwargs
+        for index, path in enumerate(outputs.image_path):
+            key = str(Path(path).resolve())
+            if key in self.image_paths:
+                self.maps[key] = outputs.anomaly_map[index].detach().squeeze().float().cpu()
+                self.masks[key] = outputs.gt_mask[index].detach().squeeze().bool().cpu()
+
+    def payload(self) -> dict[str, Any]:
+        """Maps and masks of the stored images, in the order of ``image_paths``."""
+        paths = [path for path in self.image_paths if path in self.maps]
+        return {
+            "image_paths": paths,
+            "anomaly_maps": [self.maps[path] for path in paths],
+            "masks": [self.masks[path] for path in paths],
+        }
+
+
+def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryMaps) -> dict[str, Any]:
+    """Fit and test the job's model through anomalib's ``Engine``; return metrics, timing, size and throughput."""
+    model = build_model(job["model"], settings)
+    check_layers(model, settings.layers)
+    datamodule = MVTecAD(
+        root=job["root"],
+        category=job["category"],
+        train_batch_size=settings.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        num_workers=1,
+    )
+    with tempfile.TemporaryDirectory() as work_dir:
+        # Validation (which fits the post-processor's normalisation and thresholds) only after the last epoch.
+        engine = Engine(
+            default_root_dir=work_dir,
+            logger=False,
+            callbacks=[gallery],
+            max_epochs=settings.epochs,
+            check_val_every_n_epoch=settings.epochs,
+        )
+        start = time.perf_counter()
+        engine.fit(model=model, datamodule=datamodule)
+        train_seconds = time.perf_counter() - start
+        if engine.trainer.max_epochs != settings.epochs:
+            msg = f"{type(model).__name__} trained {engine.trainer.max_epochs} epochs, budget {settings.epochs}"
+            raise RuntimeError(msg)
+        metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+        trainable = optimised_parameters(engine.trainer.optimizers)
+    seconds = job["throughput_seconds"]
+    return {
+        **{name: round(float(metrics[name]), 4) for name in METRICS},
+        "train_seconds": round(train_seconds, 1),
+        "images_per_second_batch1": round(images_per_second(model, settings.image_size, 1, seconds), 2),
+        "images_per_second_batch16": round(images_per_second(model, settings.image_size, 16, seconds), 2),
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_trainable": trainable,
+    }
+
+
+def run_job(job: dict[str, Any], result_path: Path, maps_path: Path) -> None:
+    """Run one job and write its measurements and gallery maps."""
+    settings = RunSettings.from_dict(job["settings"])
+    torch.set_num_threads(TORCH_THREADS)
+    seed_everything(settings.seed, workers=True)
+    if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
+        install_efficientnet_lite0()
+    gallery = GalleryMaps(job["gallery"])
+    result = train_and_test(job, settings, gallery)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    torch.save(gallery.payload(), maps_path)
+    result_path.write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``JOB RESULT MAPS`` and run the job."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job", type=json.loads, help="JSON job description")
+    parser.add_argument("result", type=Path, help="where to write the measurements (JSON)")
+    parser.add_argument("maps", type=Path, help="where to write the gallery maps (torch.save)")
+    args = parser.parse_args(argv)
+    run_job(args.job, args.result, args.maps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The benchmark suite (``python -m benchmarks.run --quick``) end to end, and the ``anomalib benchmark`` configs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from benchmarks.suite.settings import MEASUREMENTS, METRICS, MODELS, SHARED_DATA
+
+from .conftest import shared_category
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
+RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", *MEASUREMENTS}
+SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "batch_size", "options"}
+CHARTS = [f"chart_{key}.png" for key in (*METRICS, "train_seconds", "images_per_second_batch1", "peak_rss_mb")]
+GALLERY = "gallery_hazelnut_toy-hazelnut_pretrained.png"
+
+
+def run_suite(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m benchmarks.run ARGS`` from the repository root; fail the test on a non-zero exit."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks.run", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_records(out: Path) -> dict[str, dict]:
+    """Records of ``results.jsonl`` by model."""
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return {record["model"]: record for record in map(json.loads, lines)}
+
+
+def assert_image(path: Path, min_side: int = 200) -> None:
+    """``path`` is an image of some size that is not a flat colour."""
+    image = Image.open(path).convert("L")
+    assert min(image.size) >= min_side
+    assert np.asarray(image).std() > 5
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Output folder and stdout of one quick run of all five models (about 3 minutes on 2 cores)."""
+    shared_category("hazelnut_toy", "hazelnut")
+    out = tmp_path_factory.mktemp("bench")
+    return out, run_suite("--quick", "--out", str(out)).stdout
+
+
+@pytest.mark.slow
+def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
+    out, stdout = quick_suite
+    records = read_records(out)
+    assert list(records) == list(MODELS)
+    for model, record in records.items():
+        assert set(record) == RECORD_FIELDS, model
+        assert set(record["settings"]) == SETTINGS_FIELDS
+        assert (record["status"], record["error"]) == ("ok", None)
+        assert (record["dataset"], record["track"]) == ("hazelnut_toy/hazelnut", "pretrained")
+        assert all(0.0 <= record[key] <= 1.0 for key in METRICS), record
+        assert record["images_per_second_batch1"] > 0
+        assert record["images_per_second_batch16"] > 0
+        assert record["train_seconds"] > 0
+        assert record["peak_rss_mb"] > 100
+        assert record["params_total"] >= record["params_trainable"] >= 0
+        assert record["settings"]["image_size"] == 64
+        assert record["settings"]["epochs"] == 1
+    assert records["padim"]["params_trainable"] == 0  # fits statistics, no optimiser
+    assert records["dhkd"]["params_trainable"] > 0
+    assert records["reverse_distillation"]["settings"]["pre_trained"] is False
+    assert records["cflow"]["settings"]["layers"] == ["blocks.1", "blocks.2", "blocks.4"]
+    assert "[5/5] reverse_distillation hazelnut_toy/hazelnut pretrained" in stdout
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, str]) -> None:
+    out, _ = quick_suite
+    table = (out / "results.md").read_text()
+    for model in ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation†"):
+        assert sum(line.startswith(f"| {model} |") for line in table.splitlines()) == 2, model  # summary + detail
+    assert "pre_trained=False" in table
+    assert "CPUs, torch" in table
+    for chart in CHARTS:
+        assert_image(out / chart)
+    assert_image(out / GALLERY, min_side=400)
+    assert len(list((out / "maps").glob("*.pt"))) == len(MODELS)
+
+
+@pytest.mark.slow
+def test_failed_run_is_recorded_and_the_suite_goes_on(quick_suite: tuple[Path, str], tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    shutil.copytree(quick_suite[0], out)
+    stdout = run_suite(
+        "--quick", "--out", str(out), "--models", "patchcore", "padim", "--layers", "patchcore=blocks.2,blocks.3"
+    ).stdout
+    records = read_records(out)
+    assert list(records) == list(MODELS)  # re-runs replace their records in place
+    failed = records["patchcore"]
+    assert failed["status"] == "failed"
+    assert "blocks.3" in failed["error"]
+    assert failed["image_AUROC"] is None
+    assert failed["settings"]["layers"] == ["blocks.2", "blocks.3"]
+    assert records["padim"]["status"] == "ok"
+    assert records["padim"]["environment"]["date"] >= records["dhkd"]["environment"]["date"]
+    assert "[1/2] patchcore hazelnut_toy/hazelnut pretrained FAILED" in stdout
+    assert "patchcore on hazelnut_toy/hazelnut failed" in (out / "results.md").read_text()
+    assert not (out / "maps" / "patchcore__hazelnut_toy-hazelnut__pretrained.pt").exists()
+
+
+@pytest.mark.slow
+def test_report_only_regenerates_the_outputs(
+    quick_suite: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from benchmarks import run
+
+    out = tmp_path / "bench"
+    shutil.copytree(quick_suite[0], out)
+    records = (out / "results.jsonl").read_text()
+    for path in [out / "results.md", out / GALLERY, *(out / chart for chart in CHARTS)]:
+        path.unlink()
+    run.main(["--report-only", "--out", str(out)])
+    assert "[1/" not in capsys.readouterr().out  # nothing trained
+    assert (out / "results.jsonl").read_text() == records
+    assert "| dhkd |" in (out / "results.md").read_text()
+    for chart in CHARTS:
+        assert (out / chart).is_file()
+    assert_image(out / GALLERY, min_side=400)
+
+
+def test_report_only_without_records_fails(tmp_path: Path) -> None:
+    from benchmarks import run
+
+    with pytest.raises(SystemExit, match="no records"):
+        run.main(["--report-only", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "benchmarks")))
+@pytest.mark.usefixtures("pretrained_weights")
+def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
+    from anomalib.models import get_model
+    from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+    from anomalib.utils.config import flatten_dict
+
+    from anomalib_dhkd.models import Dhkd
+
+    content = yaml.safe_load(config.read_text())
+    assert content["accelerator"] == "cpu"
+    jobs = list(get_iterator_from_grid_dict(content["benchmark"]))
+    assert len(jobs) == (1 if config.parent.name == "quick" else 2)
+    # anomalib 2.7 gathers the results of a benchmark into one table keyed by its first job's settings.
+    assert len({tuple(flatten_dict(job)) for job in jobs}) == 1
+    model = get_model(jobs[0]["model"])
+    if config.stem == "dhkd":
+        assert type(model) is Dhkd
+        assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else 4)
+    else:
+        assert type(model).__name__.lower() == config.stem.replace("_", "")
+    for job in jobs:  # the shared data, relative to the repository root
+        assert (REPO_ROOT / job["data"]["init_args"]["root"]).resolve().parent == SHARED_DATA
