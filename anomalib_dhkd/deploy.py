@@ -70,13 +70,17 @@ class OnnxRuntimeModel:
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: images}), strict=True))
 
 
-def load_exported(path: str | Path, runtime: str | None = None, threads: int | None = None) -> ExportedModel:
+def load_exported(
+    path: str | Path, runtime: str | None = None, threads: int | None = None, precision: str = "f32"
+) -> ExportedModel:
     """Load an exported model for inference.
 
     Args:
         path: ``.xml`` (OpenVINO IR) or ``.onnx`` file.
         runtime: ``"openvino"`` or ``"onnxruntime"``; by default OpenVINO for ``.xml``, ONNX Runtime for ``.onnx``.
         threads: CPU threads for inference; ``None`` lets the runtime decide.
+        precision: OpenVINO inference precision hint. ``"f32"`` by default: OpenVINO's own default on CPUs with
+            bfloat16 support is ``bf16``, which changes DHKD's scores (see ``benchmarks/deployment.py``).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -89,7 +93,7 @@ def load_exported(path: str | Path, runtime: str | None = None, threads: int | N
         raise FileNotFoundError(msg)
     runtime = runtime or {".xml": "openvino", ".onnx": "onnxruntime"}.get(path.suffix)
     if runtime == "openvino" and path.suffix in {".xml", ".onnx"}:
-        return OpenVinoModel(path, threads=threads)
+        return OpenVinoModel(path, precision=precision, threads=threads)
     if runtime == "onnxruntime" and path.suffix == ".onnx":
         return OnnxRuntimeModel(path, threads=threads)
     msg = f"Cannot run {path.name} with runtime {runtime!r}: use an OpenVINO .xml or an .onnx file."

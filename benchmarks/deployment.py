@@ -2,10 +2,12 @@
 
 python -m benchmarks.deployment --data ../shared/data/mvtec_ad:bottle --models dhkd padim cflow --out results/deploy
 
-Per model: train through anomalib's ``Engine`` (or load ``--ckpt MODEL=PATH``), export with ``Engine.export`` to
-ONNX, OpenVINO FP32 and OpenVINO INT8 (``CompressionType.INT8_PTQ``, NNCF post-training quantisation calibrated on
-the training images), then run every test image through torch eager, ONNX Runtime, OpenVINO FP32 (inference
-precision hint f32) and OpenVINO INT8, all on the same ``[0, 1]`` images at the export size. Reported:
+Per model: train through anomalib's ``Engine`` (or load ``--ckpt MODEL=PATH``, a checkpoint of the suite's model
+settings), export with ``Engine.export`` to ONNX and OpenVINO: FP32, FP16 weights, INT8 post-training quantisation
+(``INT8_PTQ``: NNCF, calibrated by anomalib on the datamodule's validation images) and INT8 weights (``INT8``). Then
+every test image runs through torch eager and each exported model (OpenVINO with inference precision hint f32), on
+the same ``[0, 1]`` images at the export size. A format that fails to export or compile is reported with its
+error. Reported:
 
 - parity against torch: largest absolute difference of the normalised scores and anomaly maps, share of equal
   image labels and of equal mask pixels;
@@ -129,6 +131,7 @@ def exported_runners(
     exports = {
         "onnxruntime": {"export_type": ExportType.ONNX},
         "openvino_fp32": {"export_type": ExportType.OPENVINO},
+        "openvino_fp16_weights": {"export_type": ExportType.OPENVINO, "compression_type": CompressionType.FP16},
         "openvino_int8_ptq": {
             "export_type": ExportType.OPENVINO,
             "compression_type": CompressionType.INT8_PTQ,
@@ -143,6 +146,9 @@ def exported_runners(
             runners[runtime] = load_exported(path, threads=args.threads)
         except Exception as error:  # a failed format is a result to report, not a crash
             runners[runtime] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
+        if runtime == "openvino_fp32" and not isinstance(runners[runtime], str):
+            # OpenVINO's default inference precision on CPUs with bfloat16 support (anomalib's OpenVINOInferencer).
+            runners["openvino_fp32_bf16"] = load_exported(path, threads=args.threads, precision="bf16")
     return runners
 
 
