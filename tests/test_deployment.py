@@ -140,14 +140,19 @@ def test_predict_command_writes_heat_maps_and_table(hazelnut_model: tuple, tmp_p
 
 
 def test_anomalib_predict_cli_reloads_a_checkpoint(trained_tiny: tuple, texture_root: Path, tmp_path: Path) -> None:
-    """`anomalib predict --ckpt_path ... --data_path FOLDER` (torch) writes a visualisation per image."""
+    """`anomalib predict --ckpt_path ... --data FOLDER` (torch) writes a visualisation per image.
+
+    Unlike `anomalib export`, `predict` loads the checkpoint's weights into the model the CLI builds, so the model
+    arguments must be those of training.
+    """
     engine, _, _ = trained_tiny
     checkpoint = tmp_path / "dhkd.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     images = texture_root / "brick" / "test" / "scratch"
     command = [str(Path(sys.executable).with_name("anomalib")), "predict", "--model", "Dhkd"]
     command += ["--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.1, blocks.2, blocks.4]"]
-    command += ["--model.pre_trained", "false", "--ckpt_path", str(checkpoint), "--data_path", str(images)]
+    command += ["--model.pre_trained", "false", "--model.flow_blocks", "2", "--model.condition_channels", "8"]
+    command += ["--ckpt_path", str(checkpoint), "--data", str(images)]
     command += ["--default_root_dir", str(tmp_path / "predict")]
     result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -86,8 +86,11 @@ def test_invalid_schedule_is_rejected() -> None:
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
+    """A diverged teacher (a NaN weight) stops training at the step, naming the loss term."""
     dhkd = Dhkd(**TINY_BACKBONE, pre_trained=False)
-    batch = ImageBatch(image=torch.full((2, 3, 64, 64), float("nan")))
+    with torch.no_grad():
+        next(dhkd.model.teachers.parameters()).fill_(float("nan"))
+    batch = ImageBatch(image=torch.rand(2, 3, 64, 64))
     with pytest.raises(FloatingPointError, match="DHKD loss term 'total' became nan"):
         dhkd.training_step(batch)
 
