@@ -156,8 +156,9 @@ def benchmark_model(name: str, args: argparse.Namespace, datamodule: MVTecAD) ->
     """Train (or load), export and measure one model; returns its record."""
     seed_everything(args.seed, workers=True)
     root = args.out / name
-    engine = Engine(default_root_dir=root / "runs", logger=False, enable_progress_bar=False)
-    model = build_model(name, run_settings(name, "pretrained", args.image_size, args.seed, quick=False))
+    settings = run_settings(name, "pretrained", args.image_size, args.seed, quick=False)
+    engine = Engine(default_root_dir=root / "runs", logger=False, enable_progress_bar=False, max_epochs=settings.epochs)
+    model = build_model(name, settings)
     if name in args.checkpoints:
         model = type(model).load_from_checkpoint(args.checkpoints[name])
     else:

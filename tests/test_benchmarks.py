@@ -19,7 +19,8 @@ from .conftest import shared_category
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
 RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", *MEASUREMENTS}
-SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "batch_size", "options"}
+SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "options"}
+SETTINGS_FIELDS |= {"batch_size", "eval_batch_size"}
 CHARTS = [f"chart_{key}.png" for key in (*METRICS, "train_seconds", "images_per_second_batch1", "peak_rss_mb")]
 GALLERY = "gallery_hazelnut_toy-hazelnut_pretrained.png"
 
@@ -163,4 +164,4 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
     else:
         assert type(model).__name__.lower() == config.stem.replace("_", "")
     for job in jobs:  # the shared data, relative to the repository root
-        assert (REPO_ROOT / job["data"]["init_args"]["root"]).resolve().parent == SHARED_DATA
+        assert (REPO_ROOT / job["data"]["init_args"]["root"]).resolve().parent == SHARED_DATA.resolve()
