@@ -67,3 +67,28 @@ def trained_tiny(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
     engine.fit(model=model, datamodule=data)
     return engine, model, data
+
+
+def anomalib_cli() -> str:
+    """Path of the `anomalib` command of this environment."""
+    import sys
+
+    return str(Path(sys.executable).with_name("anomalib"))
+
+
+def write_tiny_config(path: Path, **init_args: object) -> Path:
+    """Write an `anomalib` CLI config with a tiny DHKD (random encoder), ``init_args`` overriding its arguments."""
+    arguments = {**TINY_BACKBONE, "pre_trained": False, "flow_blocks": 2, "condition_channels": 8}
+    arguments |= {"max_epochs": 2, "teacher_warmup_epochs": 1, **init_args}
+    lines = ["model:", "  class_path: Dhkd", "  init_args:"]
+    lines += [f"    {name}: {_yaml_value(value)}" for name, value in arguments.items()]
+    path.write_text("\n".join([*lines, "seed_everything: 0", ""]))
+    return path
+
+
+def _yaml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)

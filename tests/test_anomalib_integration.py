@@ -13,7 +13,7 @@ from anomalib.engine import Engine
 
 from anomalib_dhkd import Dhkd
 
-from .conftest import TINY_IMAGE_SIZE, tiny_dhkd
+from .conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_dhkd, write_tiny_config
 
 pytestmark = pytest.mark.slow
 IMAGE_SIZE = TINY_IMAGE_SIZE
@@ -129,14 +129,9 @@ def test_export_torch_onnx_openvino_match_eager(trained_tiny: tuple[Engine, Dhkd
 
 
 def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
-    config = tmp_path / "dhkd.yaml"
-    config.write_text(
-        "model:\n  class_path: Dhkd\n  init_args:\n    backbone: tf_efficientnet_lite0\n"
-        "    layers: [blocks.1, blocks.2, blocks.4]\n    pre_trained: false\n    flow_blocks: 1\n"
-        "    max_epochs: 1\n    teacher_warmup_epochs: 0\n"
-    )
+    config = write_tiny_config(tmp_path / "dhkd.yaml", flow_blocks=1, max_epochs=1, teacher_warmup_epochs=0)
     command = [
-        str(Path(sys.executable).with_name("anomalib")),
+        anomalib_cli(),
         "train",
         "--config",
         str(config),

@@ -17,7 +17,7 @@ from PIL import Image
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.deploy import load_exported, model_input_size
 
-from .conftest import TINY_IMAGE_SIZE, shared_category, tiny_dhkd
+from .conftest import TINY_IMAGE_SIZE, anomalib_cli, shared_category, tiny_dhkd
 
 pytestmark = pytest.mark.slow
 SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
@@ -99,7 +99,7 @@ def test_anomalib_export_cli_from_checkpoint(trained_tiny: tuple, tmp_path: Path
     engine, _, _ = trained_tiny
     checkpoint = tmp_path / "dhkd.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
-    command = [str(Path(sys.executable).with_name("anomalib")), "export", "--model", "Dhkd"]
+    command = [anomalib_cli(), "export", "--model", "Dhkd"]
     command += ["--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.1, blocks.2, blocks.4]"]
     command += ["--model.pre_trained", "false", "--ckpt_path", str(checkpoint), "--export_type", "openvino"]
     command += ["--input_size", f"[{SIZE[0]},{SIZE[1]}]", "--default_root_dir", str(tmp_path / "export")]
@@ -149,7 +149,7 @@ def test_anomalib_predict_cli_reloads_a_checkpoint(trained_tiny: tuple, texture_
     checkpoint = tmp_path / "dhkd.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     images = texture_root / "brick" / "test" / "scratch"
-    command = [str(Path(sys.executable).with_name("anomalib")), "predict", "--model", "Dhkd"]
+    command = [anomalib_cli(), "predict", "--model", "Dhkd"]
     command += ["--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.1, blocks.2, blocks.4]"]
     command += ["--model.pre_trained", "false", "--model.flow_blocks", "2", "--model.condition_channels", "8"]
     command += ["--ckpt_path", str(checkpoint), "--data", str(images)]

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from anomalib_dhkd import Dhkd
 
-from .conftest import TINY_IMAGE_SIZE, tiny_dhkd
+from .conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_dhkd, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +72,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(texture_root: Path,
 
 def test_cli_trains_under_cpu_ddp(texture_root: Path, tmp_path: Path) -> None:
     """`anomalib train ... --trainer.strategy ddp --trainer.devices 2` on CPU trains, checkpoints and tests."""
-    config = tmp_path / "dhkd.yaml"
-    config.write_text(
-        "model:\n  class_path: Dhkd\n  init_args:\n    backbone: tf_efficientnet_lite0\n"
-        "    layers: [blocks.1, blocks.2, blocks.4]\n    pre_trained: false\n    flow_blocks: 2\n"
-        "    condition_channels: 8\n    max_epochs: 2\n    teacher_warmup_epochs: 1\nseed_everything: 0\n"
-    )
-    command = [str(Path(sys.executable).with_name("anomalib")), "train", "--config", str(config)]
+    config = write_tiny_config(tmp_path / "dhkd.yaml")
+    command = [anomalib_cli(), "train", "--config", str(config)]
     command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(texture_root), "--data.category", "brick"]
     command += ["--data.train_batch_size", "4", "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "runs")]
     command += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
