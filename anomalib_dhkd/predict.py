@@ -29,9 +29,8 @@ from PIL import Image
 from torch.nn import functional
 from tqdm import tqdm
 
+from anomalib_dhkd.check import IMAGE_EXTENSIONS
 from anomalib_dhkd.deploy import ExportedModel, load_exported, model_input_size
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -52,7 +51,7 @@ def find_images(source: Path) -> list[Path]:
     if not source.is_dir():
         msg = f"{source} is neither an image file nor a folder."
         raise FileNotFoundError(msg)
-    return sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def predict_image(model: ExportedModel, image: torch.Tensor, input_size: tuple[int, int] | None) -> ImageItem:
@@ -90,7 +89,7 @@ def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -
     """Predict every image under ``source``, write the figures and ``predictions.csv``, return the rows."""
     images = find_images(source)
     if not images:
-        msg = f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {source}."
+        msg = f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {source}."
         raise FileNotFoundError(msg)
     model, input_size = load_exported(model_path, runtime), model_input_size(model_path)
     base = source if source.is_dir() else source.parent

@@ -21,6 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from anomalib_dhkd.check import IMAGE_EXTENSIONS
 from benchmarks.suite.report import MAPS_DIR, dataset_name, maps_path, write_report
 from benchmarks.suite.settings import (
     FULL_DATA,
@@ -38,7 +39,6 @@ from benchmarks.suite.settings import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDS_FILE = "results.jsonl"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ERROR_TAIL_BYTES = 8192
 
 
@@ -86,7 +86,7 @@ def gallery_images(root: Path, category: str, count: int) -> list[str]:
     if not test_dir.is_dir():
         return []
     by_type = [
-        sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
         for folder in sorted(test_dir.iterdir())
         if folder.is_dir() and folder.name != "good"
     ]
