@@ -13,12 +13,26 @@ Example:
 
 """
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-ExportedModel = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+class ExportedModel(Protocol):
+    """An exported model ready to run: call it on a batch; ``input_size`` is its fixed ``(H, W)`` or ``None``."""
+
+    input_size: tuple[int, int] | None
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch; outputs are keyed by name."""
+        ...
+
+
+def fixed_size(shape: list[object]) -> tuple[int, int] | None:
+    """``(H, W)`` of an ``(N, C, H, W)`` input shape whose last two sizes are integers, else ``None`` (dynamic)."""
+    height, width = shape[2], shape[3]
+    return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
 
 class OpenVinoModel:
@@ -39,6 +53,8 @@ class OpenVinoModel:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        shape = self.compiled.input(0).get_partial_shape()
+        self.input_size = fixed_size([dim.get_length() if dim.is_static else None for dim in shape])
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch; outputs are keyed by name."""
@@ -63,6 +79,7 @@ class OnnxRuntimeModel:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.input_size = fixed_size(self.session.get_inputs()[0].shape)
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,14 +115,3 @@ def load_exported(
         return OnnxRuntimeModel(path, threads=threads)
     msg = f"Cannot run {path.name} with runtime {runtime!r}: use an OpenVINO .xml or an .onnx file."
     raise ValueError(msg)
-
-
-def model_input_size(path: str | Path) -> tuple[int, int] | None:
-    """Return the fixed ``(height, width)`` of an exported model's input, or ``None`` when they are dynamic."""
-    import openvino
-
-    shape = openvino.Core().read_model(str(path)).input(0).get_partial_shape()
-    height, width = shape[2], shape[3]
-    if height.is_dynamic or width.is_dynamic:
-        return None
-    return height.get_length(), width.get_length()

@@ -30,7 +30,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from anomalib_dhkd.check import IMAGE_EXTENSIONS
-from anomalib_dhkd.deploy import ExportedModel, load_exported, model_input_size
+from anomalib_dhkd.deploy import ExportedModel, load_exported
 
 
 @dataclass
@@ -54,11 +54,14 @@ def find_images(source: Path) -> list[Path]:
     return sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def predict_image(model: ExportedModel, image: torch.Tensor, input_size: tuple[int, int] | None) -> ImageItem:
-    """Run one ``(3, H, W)`` image in ``[0, 1]``; maps come back at the image's own size."""
+def predict_image(model: ExportedModel, image: torch.Tensor) -> ImageItem:
+    """Run one ``(3, H, W)`` image in ``[0, 1]``, resized to the model's fixed input size if it has one.
+
+    Maps come back at the image's own size.
+    """
     batch = image.unsqueeze(0)
-    if input_size is not None and tuple(batch.shape[-2:]) != input_size:
-        batch = functional.interpolate(batch, size=input_size, mode="bilinear", antialias=True)
+    if model.input_size is not None and tuple(batch.shape[-2:]) != model.input_size:
+        batch = functional.interpolate(batch, size=model.input_size, mode="bilinear", antialias=True)
     outputs = {name: torch.from_numpy(np.asarray(value)) for name, value in model(batch.numpy()).items()}
     size = image.shape[-2:]
     anomaly_map = functional.interpolate(outputs["anomaly_map"].float(), size=size, mode="bilinear")
@@ -91,13 +94,13 @@ def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -
     if not images:
         msg = f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {source}."
         raise FileNotFoundError(msg)
-    model, input_size = load_exported(model_path, runtime), model_input_size(model_path)
+    model = load_exported(model_path, runtime)
     base = source if source.is_dir() else source.parent
     predictions = []
     for path in tqdm(images, desc="predict", unit="image", file=sys.stderr):
         relative = path.relative_to(base)
         try:
-            item = predict_image(model, read_image(path, as_tensor=True), input_size)
+            item = predict_image(model, read_image(path, as_tensor=True))
         except (OSError, ValueError) as error:  # PIL raises these for unreadable or truncated files
             predictions.append(Prediction(str(relative), None, "error", None, f"{type(error).__name__}: {error}"))
             continue

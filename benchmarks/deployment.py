@@ -160,7 +160,10 @@ def benchmark_model(name: str, args: argparse.Namespace, datamodule: MVTecAD) ->
     engine = Engine(default_root_dir=root / "runs", logger=False, enable_progress_bar=False, max_epochs=settings.epochs)
     model = build_model(name, settings)
     if name in args.checkpoints:
-        model = type(model).load_from_checkpoint(args.checkpoints[name])
+        # Into the suite's model (its evaluator and pre-processor), not one rebuilt from the checkpoint's
+        # hyper-parameters, which do not record them.
+        checkpoint = torch.load(args.checkpoints[name], map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
     else:
         engine.fit(model=model, datamodule=datamodule)
     runners = {"torch": torch_runner(model), **exported_runners(engine, model, datamodule, root, args)}
@@ -232,15 +235,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     root, _, category = args.data.rpartition(":")
     datamodule = MVTecAD(root=root, category=category, train_batch_size=8, eval_batch_size=8, num_workers=0)
-    records = [benchmark_model(name, args, datamodule) for name in args.models]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     header = (
         f"Deployment benchmark, {time.strftime('%Y-%m-%d')}, commit {commit.stdout.strip()}, {platform.machine()} "
         f"({os.cpu_count()} CPUs), {args.threads} threads, {args.data}, {args.image_size} px, seed {args.seed}"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deployment.json").write_text(json.dumps({"header": header, "records": records}, indent=2))
-    (args.out / "deployment.md").write_text(markdown(records, header))
+    records = []
+    for name in args.models:
+        records.append(benchmark_model(name, args, datamodule))
+        # Written after every model, so that a later model's failure loses nothing measured before it.
+        (args.out / "deployment.json").write_text(json.dumps({"header": header, "records": records}, indent=2))
+        (args.out / "deployment.md").write_text(markdown(records, header))
     print(markdown(records, header))
 
 

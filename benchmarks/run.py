@@ -1,11 +1,12 @@
 """Benchmark suite: train and test DHKD and anomalib's peers on the same data, then write tables and figures.
 
 python -m benchmarks.run [--models dhkd padim ...] [--data ROOT:CATEGORY ...] [--tracks pretrained none]
-                         [--out results/bench] [--quick] [--seed 0] [--image-size 256] [--report-only]
+                         [--out results/bench] [--quick] [--seed 0] [--image-size 256] [--resume] [--report-only]
 
 Each (model, dataset, track) trains and tests through anomalib's ``Engine`` in a fresh subprocess
 (:mod:`benchmarks.suite.worker`). Records go to ``OUT/results.jsonl``: a run replaces the record of the same
-(model, dataset, track) and keeps all others; a failed run is recorded with ``"status": "failed"``. The report
+(model, dataset, track) and keeps all others; a failed run is recorded with ``"status": "failed"``. ``--resume``
+skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped. The report
 (``results.md``, ``chart_<metric>.png``, ``gallery_<dataset>_<track>.png``) is regenerated from all records.
 """
 
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODEL=L1,L2",
         help="replace a model's feature layers, e.g. cflow=blocks.2,blocks.4,blocks.6",
     )
+    parser.add_argument("--resume", action="store_true", help="skip runs recorded as ok with the same settings")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from results.jsonl")
     args = parser.parse_args(argv)
     args.data = args.data or list(QUICK_DATA if args.quick else FULL_DATA)
@@ -198,14 +200,27 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return [(model, spec, track) for spec in args.data for track in args.tracks for model in args.models]
 
 
+def is_done(records: list[dict[str, Any]], model: str, dataset: str, track: str, settings: RunSettings) -> bool:
+    """Whether ``records`` hold a successful run of (model, dataset, track) with exactly ``settings``."""
+    return any(
+        (r["model"], r["dataset"], r["track"], r["status"]) == (model, dataset, track, "ok")
+        and r["settings"] == settings.to_dict()
+        for r in records
+    )
+
+
 def run_suite(args: argparse.Namespace) -> None:
     """Run every planned job in turn, saving each record as soon as it is done."""
     runs = plan(args)
     (args.out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
+    done = load_records(args.out / RECORDS_FILE) if args.resume else []
     for index, (model, spec, track) in enumerate(runs, start=1):
         root, _, category = spec.rpartition(":")
         dataset = dataset_name(root, category)
         settings = run_settings(model, track, args.image_size, args.seed, args.quick, args.layers.get(model))
+        if is_done(done, model, dataset, track, settings):
+            print(f"[{index}/{len(runs)}] {model} {dataset} {track}: already done, skipped (--resume)", flush=True)
+            continue
         job = {
             "model": model,
             "root": root,

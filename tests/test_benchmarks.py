@@ -116,6 +116,21 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(quick_suite: tuple[Path, s
 
 
 @pytest.mark.slow
+def test_resume_skips_finished_runs_and_reruns_changed_settings(quick_suite: tuple[Path, str], tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    shutil.copytree(quick_suite[0], out)
+    before = read_records(out)
+    stdout = run_suite("--quick", "--resume", "--out", str(out), "--models", "dhkd", "padim").stdout
+    assert stdout.count("already done, skipped (--resume)") == 2
+    assert read_records(out) == before
+    stdout = run_suite("--quick", "--resume", "--out", str(out), "--models", "padim", "--seed", "1").stdout
+    assert "skipped" not in stdout
+    after = read_records(out)
+    assert (after["padim"]["status"], after["padim"]["settings"]["seed"]) == ("ok", 1)
+    assert after["dhkd"] == before["dhkd"]
+
+
+@pytest.mark.slow
 def test_report_only_regenerates_the_outputs(
     quick_suite: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
