@@ -66,9 +66,7 @@ def torch_runner(model: AnomalibModule) -> Runner:
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             output = model(torch.from_numpy(images))
-        return {
-            name: getattr(output, name).numpy() for name in ("pred_score", "pred_label", "anomaly_map", "pred_mask")
-        }
+        return {name: getattr(output, name).numpy() for name in OUTPUTS}
 
     return run
 
