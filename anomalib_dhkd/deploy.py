@@ -14,7 +14,7 @@ Example:
 """
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,12 @@ def fixed_size(shape: list[object]) -> tuple[int, int] | None:
     return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
 
+def openvino_input_size(model: Any) -> tuple[int, int] | None:
+    """Return the fixed ``(H, W)`` of an OpenVINO (compiled) model's first input, else ``None``."""
+    shape = model.input(0).get_partial_shape()
+    return fixed_size([dim.get_length() if dim.is_static else None for dim in shape])
+
+
 class OpenVinoModel:
     """An OpenVINO IR or ONNX file compiled by OpenVINO for the CPU.
 
@@ -53,8 +59,7 @@ class OpenVinoModel:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
-        shape = self.compiled.input(0).get_partial_shape()
-        self.input_size = fixed_size([dim.get_length() if dim.is_static else None for dim in shape])
+        self.input_size = openvino_input_size(self.compiled)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch; outputs are keyed by name."""

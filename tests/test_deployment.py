@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import openvino
 import pytest
 import torch
 from anomalib.data import MVTecAD
@@ -16,6 +17,8 @@ from PIL import Image
 
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.deploy import fixed_size, load_exported
+from anomalib_dhkd.models.dhkd.lightning_model import FEATURE_TAP_NAME
+from anomalib_dhkd.quantization import encoder_only_scope, feature_taps, upstream_names
 
 from .conftest import TINY_IMAGE_SIZE, anomalib_cli, shared_category, tiny_dhkd
 
@@ -78,19 +81,48 @@ def test_runtimes_match_torch_on_real_images(hazelnut_model: tuple, path: str) -
     assert exported.input_size == SIZE
 
 
-def test_int8_activation_quantisation_is_refused_with_a_reason(hazelnut_model: tuple, tmp_path: Path) -> None:
-    """INT8_PTQ/ACQ would give a broken model (see Dhkd._compress_ov_model): the export stops and says why."""
+def test_int8_ptq_quantises_the_encoder_only(hazelnut_model: tuple, tmp_path: Path) -> None:
+    """INT8_PTQ puts every quantiser upstream of the feature taps and the model still runs and ranks like FP32."""
+    engine, model, data, weights = hazelnut_model
+    int8_path = engine.export(
+        model,
+        ExportType.OPENVINO,
+        export_root=tmp_path,
+        input_size=SIZE,
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=data,
+    )
+    graph = openvino.Core().read_model(int8_path)
+    quantisers = {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
+    taps = feature_taps(graph, FEATURE_TAP_NAME)
+    assert len(taps) == len(model.model.teachers)
+    assert len(quantisers) > 10
+    assert quantisers <= upstream_names(taps)
+    images = real_test_images(shared_category("hazelnut_toy", "hazelnut"), "hazelnut")
+    fp32 = load_exported(weights / "openvino/model.xml")(images.numpy())
+    int8 = load_exported(int8_path)(images.numpy())
+    assert np.isfinite(int8["anomaly_map"]).all()
+    assert np.corrcoef(int8["pred_score"].ravel(), fp32["pred_score"].ravel())[0, 1] > 0.9
+
+
+def test_int8_scope_fails_clearly_when_the_feature_taps_are_not_found(hazelnut_model: tuple) -> None:
+    graph = openvino.Core().read_model(hazelnut_model[3] / "openvino/model.xml")
+    encoder_only_scope(graph, FEATURE_TAP_NAME, num_taps=3)
+    with pytest.raises(ValueError, match=r"Expected 4 feature taps .* found 3"):
+        encoder_only_scope(graph, FEATURE_TAP_NAME, num_taps=4)
+
+
+def test_int8_accuracy_control_is_refused_with_a_reason(hazelnut_model: tuple, tmp_path: Path) -> None:
     engine, model, data, _ = hazelnut_model
-    for compression in (CompressionType.INT8_PTQ, CompressionType.INT8_ACQ):
-        with pytest.raises(ValueError, match=f"does not support {compression.value}.*FP16"):
-            engine.export(
-                model,
-                ExportType.OPENVINO,
-                export_root=tmp_path,
-                input_size=SIZE,
-                compression_type=compression,
-                datamodule=data,
-            )
+    with pytest.raises(ValueError, match=r"does not support INT8_ACQ.*Use INT8_PTQ"):
+        engine.export(
+            model,
+            ExportType.OPENVINO,
+            export_root=tmp_path,
+            input_size=SIZE,
+            compression_type=CompressionType.INT8_ACQ,
+            datamodule=data,
+        )
 
 
 def test_int8_weight_compression_exports_a_smaller_runnable_model(hazelnut_model: tuple, tmp_path: Path) -> None:

@@ -13,17 +13,19 @@ from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
 
 from .conftest import TINY_BACKBONE
 
+TINY_MODEL = {
+    "backbone": TINY_BACKBONE["backbone"],
+    "layers": list(TINY_BACKBONE["layers"]),
+    "pre_trained": False,
+    "flow_blocks": 2,
+    "condition_channels": 8,
+}
+
 
 @pytest.fixture(scope="module")
 def model() -> DhkdModel:
     torch.manual_seed(0)
-    return DhkdModel(
-        backbone=TINY_BACKBONE["backbone"],
-        layers=list(TINY_BACKBONE["layers"]),
-        pre_trained=False,
-        flow_blocks=2,
-        condition_channels=8,
-    )
+    return DhkdModel(**TINY_MODEL)
 
 
 def test_training_outputs_have_feature_shapes(model: DhkdModel) -> None:
@@ -32,11 +34,27 @@ def test_training_outputs_have_feature_shapes(model: DhkdModel) -> None:
     expected_channels = list(model.encoder.out_dims)
     assert [t.shape[1] for t in output.teacher_latents] == expected_channels
     assert [t.shape[-1] for t in output.teacher_latents] == [16, 8, 4]  # strides 4, 8, 16
-    for teacher, log_det, student in zip(*output, strict=True):
-        assert student.shape == teacher.shape
+    for teacher, log_det, student, target in zip(*output, strict=True):
+        assert student.shape == target.shape == teacher.shape
         assert student.dtype == teacher.dtype == torch.float32
         assert log_det.shape == (2,)
         assert torch.isfinite(log_det).all()
+
+
+@pytest.mark.parametrize("teacher_noise_level", [0.0, 0.3])
+def test_teacher_fits_noisy_features_while_student_targets_are_clean_latents(teacher_noise_level: float) -> None:
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, teacher_noise_level=teacher_noise_level).train()
+    images = torch.rand(2, 3, 64, 64)
+    output = model(images)
+    with torch.no_grad():
+        features = model.extract_features(images)
+        clean_latents = [teacher(f)[0] for teacher, f in zip(model.teachers, features, strict=True)]
+    for latent, target, clean in zip(output.teacher_latents, output.teacher_targets, clean_latents, strict=True):
+        torch.testing.assert_close(target, clean)
+        assert not target.requires_grad
+        assert latent.requires_grad
+        assert torch.equal(latent.detach(), clean) == (teacher_noise_level == 0)
 
 
 def test_inference_returns_map_and_score_at_input_size(model: DhkdModel) -> None:

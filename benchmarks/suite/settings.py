@@ -43,6 +43,8 @@ QUICK_THROUGHPUT_SECONDS = 1.0
 # 12 min per epoch on bottle. Reverse Distillation (resnet18, no weights): 1.7 s per batch, under 1 min per epoch.
 EPOCHS = {"dhkd": 4, "padim": 1, "patchcore": 1, "cflow": 1, "reverse_distillation": 10}
 DHKD_WARMUP_EPOCHS = 1
+# Stated in every record, so that --resume re-runs DHKD records trained before teacher noise existed.
+DHKD_TEACHER_NOISE_LEVEL = 0.3
 # --quick: one epoch each; DHKD then trains teacher and student jointly from the start (no warm-up).
 QUICK_EPOCHS = dict.fromkeys(MODELS, 1)
 QUICK_DHKD_WARMUP_EPOCHS = 0
@@ -105,6 +107,7 @@ def run_settings(
     options = dict(MODEL_OPTIONS.get(model, {}))
     if model == "dhkd":
         options["teacher_warmup_epochs"] = QUICK_DHKD_WARMUP_EPOCHS if quick else DHKD_WARMUP_EPOCHS
+        options["teacher_noise_level"] = DHKD_TEACHER_NOISE_LEVEL
     return RunSettings(
         epochs=(QUICK_EPOCHS if quick else EPOCHS)[model],
         image_size=image_size,

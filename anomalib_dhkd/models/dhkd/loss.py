@@ -2,7 +2,7 @@
 
 ``L = w_nll * L_nll(T) + w_jac * L_jac(T) + w_kd * L_kd(S, T) + w_aff * L_aff(S, T)``
 
-* ``L_nll``: negative log-likelihood of the clean features under the flow teacher (per dimension).
+* ``L_nll``: negative log-likelihood of the (dequantised) features under the flow teacher (per dimension).
 * ``L_jac``: the teacher regulariser, the squared per-dimension log-determinant. It keeps the flow close to
   volume-preserving, so that the teacher cannot whiten normal features by shrinking the whole space (which
   would also shrink the teacher-student discrepancy of anomalies). Our choice; the paper does not name one.
@@ -60,14 +60,16 @@ class DhkdLoss(nn.Module):
         teacher_latents: list[torch.Tensor],
         log_dets: list[torch.Tensor],
         student_latents: list[torch.Tensor],
+        teacher_targets: list[torch.Tensor],
         train_student: bool = True,
     ) -> DhkdLossTerms:
         """Compute the loss over all scales.
 
         Args:
-            teacher_latents: Per-scale flow latents of the clean features.
+            teacher_latents: Per-scale flow latents the likelihood is computed on.
             log_dets: Per-scale log-determinants, each of shape ``(N,)``.
             student_latents: Per-scale student predictions from the noisy features.
+            teacher_targets: Per-scale teacher latents of the clean features, the student's targets.
             train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
 
         """
@@ -75,7 +77,7 @@ class DhkdLoss(nn.Module):
         jacobian = torch.stack(
             [(j / z[0].numel()).pow(2).mean() for z, j in zip(teacher_latents, log_dets, strict=True)]
         )
-        targets = [z.detach() for z in teacher_latents]
+        targets = [z.detach() for z in teacher_targets]
         distillation = torch.stack([F.mse_loss(s, t) for s, t in zip(student_latents, targets, strict=True)]).mean()
         affinity = self.affinity(student_latents, targets)
         total = nll.mean() + self.jacobian_weight * jacobian.mean()

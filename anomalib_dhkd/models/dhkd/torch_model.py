@@ -12,7 +12,8 @@ anomalies.
 Pipeline, per scale ``k`` of a frozen timm encoder:
 
     features f_k --(BatchNorm, no affine)--> x_k
-    teacher:  T_k = Flow_k(x_k)                            (FrEIA affine couplings, soft clamping)
+    teacher:  T_k = Flow_k(x_k + noise')  (training NLL)   (FrEIA affine couplings, soft clamping)
+              T_k = Flow_k(x_k)           (distillation target, inference)
     student:  S_k = Student_k(x_k + noise)  (training)      (dual-domain spatial + frequency blocks)
               S_k = Student_k(x_k)          (inference)
     anomaly map = Gaussian-smoothed mean over scales of mean_c (S_k - T_k)^2
@@ -36,6 +37,7 @@ class DhkdTrainingOutput(NamedTuple):
     teacher_latents: list[torch.Tensor]
     log_dets: list[torch.Tensor]
     student_latents: list[torch.Tensor]
+    teacher_targets: list[torch.Tensor]
 
 
 def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFeatureExtractor:
@@ -76,7 +78,8 @@ class DhkdModel(nn.Module):
         flow_clamp: Soft-clamping bound of the coupling log-scales.
         condition_channels: Positional-encoding channels the couplings are conditioned on (``0``: none).
         student_blocks: Dual-domain blocks per student.
-        noise_level: Training noise standard deviation relative to each channel's feature standard deviation.
+        noise_level: Student training noise standard deviation relative to each channel's feature standard deviation.
+        teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise.
         blur_sigma: Gaussian smoothing of the anomaly map in pixels.
 
     Example:
@@ -98,12 +101,14 @@ class DhkdModel(nn.Module):
         condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
+        teacher_noise_level: float = 0.3,
         blur_sigma: float = 4.0,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder(backbone, layers, pre_trained)
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
+        self.teacher_noise_level = teacher_noise_level
         self.feature_norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in channels)
         self.teachers = nn.ModuleList(
             ConvFlow(c, flow_blocks, flow_hidden_ratio, flow_clamp, condition_channels) for c in channels
@@ -118,6 +123,29 @@ class DhkdModel(nn.Module):
             features = self.encoder(images).values()
         return [norm(f) for norm, f in zip(self.feature_norms, features, strict=True)]
 
+    def training_outputs(self, features: list[torch.Tensor]) -> DhkdTrainingOutput:
+        """Teacher latents and log-determinants of dequantised features, student latents of noisy ones.
+
+        The teacher's likelihood is fitted on ``x + noise'`` (``teacher_noise_level``), like dequantisation in
+        density models: a flow fitted to the exact training features can put sharp density ridges on them, and
+        then any small perturbation of a normal feature (INT8 rounding of the encoder, JPEG, sensor noise) moves
+        its latent far. The distillation target is still the teacher's latent of the *clean* features (Sec. 3.2
+        of the paper: the student maps noisy inputs to the teacher's view of the clean ones).
+        """
+        noisy_features = [add_feature_noise(f, self.teacher_noise_level) for f in features]
+        teacher_latents, log_dets = zip(
+            *(teacher(f) for teacher, f in zip(self.teachers, noisy_features, strict=True)), strict=True
+        )
+        if self.teacher_noise_level == 0:
+            teacher_targets = [z.detach() for z in teacher_latents]
+        else:
+            with torch.no_grad():
+                teacher_targets = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
+        student_latents = [
+            student(add_feature_noise(f, self.noise_level)) for student, f in zip(self.students, features, strict=True)
+        ]
+        return DhkdTrainingOutput(list(teacher_latents), list(log_dets), student_latents, teacher_targets)
+
     def forward(self, images: torch.Tensor) -> DhkdTrainingOutput | InferenceBatch:
         """Return per-scale training outputs in training mode, else the anomaly map and image score.
 
@@ -126,14 +154,7 @@ class DhkdModel(nn.Module):
         """
         features = self.extract_features(images)
         if self.training:
-            teacher_latents, log_dets = zip(
-                *(teacher(f) for teacher, f in zip(self.teachers, features, strict=True)), strict=True
-            )
-            student_latents = [
-                student(add_feature_noise(f, self.noise_level))
-                for student, f in zip(self.students, features, strict=True)
-            ]
-            return DhkdTrainingOutput(list(teacher_latents), list(log_dets), student_latents)
+            return self.training_outputs(features)
 
         teacher_latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         student_latents = [student(f) for student, f in zip(self.students, features, strict=True)]
