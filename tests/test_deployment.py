@@ -81,17 +81,18 @@ def test_runtimes_match_torch_on_real_images(hazelnut_model: tuple, path: str) -
     assert exported.input_size == SIZE
 
 
+def export_openvino(
+    engine: Engine, model: Dhkd, root: Path, compression: CompressionType, data: MVTecAD | None = None
+) -> Path:
+    return engine.export(
+        model, ExportType.OPENVINO, export_root=root, input_size=SIZE, compression_type=compression, datamodule=data
+    )
+
+
 def test_int8_ptq_quantises_the_encoder_only(hazelnut_model: tuple, tmp_path: Path) -> None:
     """INT8_PTQ puts every quantiser upstream of the feature taps and the model still runs and ranks like FP32."""
     engine, model, data, weights = hazelnut_model
-    int8_path = engine.export(
-        model,
-        ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=SIZE,
-        compression_type=CompressionType.INT8_PTQ,
-        datamodule=data,
-    )
+    int8_path = export_openvino(engine, model, tmp_path, CompressionType.INT8_PTQ, data)
     graph = openvino.Core().read_model(int8_path)
     quantisers = {op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
     taps = feature_taps(graph, FEATURE_TAP_NAME)
@@ -115,21 +116,12 @@ def test_int8_scope_fails_clearly_when_the_feature_taps_are_not_found(hazelnut_m
 def test_int8_accuracy_control_is_refused_with_a_reason(hazelnut_model: tuple, tmp_path: Path) -> None:
     engine, model, data, _ = hazelnut_model
     with pytest.raises(ValueError, match=r"does not support INT8_ACQ.*Use INT8_PTQ"):
-        engine.export(
-            model,
-            ExportType.OPENVINO,
-            export_root=tmp_path,
-            input_size=SIZE,
-            compression_type=CompressionType.INT8_ACQ,
-            datamodule=data,
-        )
+        export_openvino(engine, model, tmp_path, CompressionType.INT8_ACQ, data)
 
 
 def test_int8_weight_compression_exports_a_smaller_runnable_model(hazelnut_model: tuple, tmp_path: Path) -> None:
     engine, model, _, weights = hazelnut_model
-    int8_path = engine.export(
-        model, ExportType.OPENVINO, export_root=tmp_path, input_size=SIZE, compression_type=CompressionType.INT8
-    )
+    int8_path = export_openvino(engine, model, tmp_path, CompressionType.INT8)
     assert int8_path.with_suffix(".bin").stat().st_size < 0.5 * (weights / "openvino/model.bin").stat().st_size
     outputs = load_exported(int8_path)(torch.rand(2, 3, *SIZE).numpy())
     assert np.isfinite(outputs["anomaly_map"]).all()
