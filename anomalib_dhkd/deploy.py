@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+from torch.nn import functional
 
 
 class ExportedModel(Protocol):
@@ -39,6 +41,13 @@ def openvino_input_size(model: Any) -> tuple[int, int] | None:
     """Return the fixed ``(H, W)`` of an OpenVINO (compiled) model's first input, else ``None``."""
     shape = model.input(0).get_partial_shape()
     return fixed_size([dim.get_length() if dim.is_static else None for dim in shape])
+
+
+def resize_to_input(images: torch.Tensor, input_size: tuple[int, int] | None) -> torch.Tensor:
+    """Resize an ``(N, 3, H, W)`` batch to a model's fixed input size (bilinear, antialiased); ``None`` keeps it."""
+    if input_size is None or tuple(images.shape[-2:]) == input_size:
+        return images
+    return functional.interpolate(images, size=input_size, mode="bilinear", antialias=True)
 
 
 class OpenVinoModel:

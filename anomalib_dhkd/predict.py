@@ -30,7 +30,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from anomalib_dhkd.check import IMAGE_EXTENSIONS
-from anomalib_dhkd.deploy import ExportedModel, load_exported
+from anomalib_dhkd.deploy import ExportedModel, load_exported, resize_to_input
 
 
 @dataclass
@@ -59,9 +59,7 @@ def predict_image(model: ExportedModel, image: torch.Tensor) -> ImageItem:
 
     Maps come back at the image's own size.
     """
-    batch = image.unsqueeze(0)
-    if model.input_size is not None and tuple(batch.shape[-2:]) != model.input_size:
-        batch = functional.interpolate(batch, size=model.input_size, mode="bilinear", antialias=True)
+    batch = resize_to_input(image.unsqueeze(0), model.input_size)
     outputs = {name: torch.from_numpy(np.asarray(value)) for name, value in model(batch.numpy()).items()}
     size = image.shape[-2:]
     anomaly_map = functional.interpolate(outputs["anomaly_map"].float(), size=size, mode="bilinear")

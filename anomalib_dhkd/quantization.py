@@ -16,10 +16,9 @@ Example:
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F  # noqa: N812
 from anomalib.data import AnomalibDataModule, Batch
 
-from anomalib_dhkd.deploy import openvino_input_size
+from anomalib_dhkd.deploy import openvino_input_size, resize_to_input
 
 CONSTANT_TYPES = frozenset({"Constant", "Parameter", "Result"})
 
@@ -93,9 +92,6 @@ def calibration_dataset(model: Any, datamodule: AnomalibDataModule) -> Any:
     size = openvino_input_size(model)
 
     def model_input(batch: Batch) -> np.ndarray:
-        images = batch.image
-        if size is not None and tuple(images.shape[-2:]) != size:
-            images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
-        return images.numpy()
+        return resize_to_input(batch.image, size).numpy()
 
     return nncf.Dataset(datamodule.val_dataloader(), model_input)

@@ -170,11 +170,16 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    """The (model, dataset, track) a record is about; ``results.jsonl`` holds one record per key."""
+    return record["model"], record["dataset"], record["track"]
+
+
 def save_record(path: Path, record: dict[str, Any]) -> None:
     """Replace the record of the same (model, dataset, track) in ``path``, or append it; write atomically."""
-    key = (record["model"], record["dataset"], record["track"])
+    key = record_key(record)
     records = load_records(path)
-    keys = [(r["model"], r["dataset"], r["track"]) for r in records]
+    keys = [record_key(r) for r in records]
     if key in keys:
         records[keys.index(key)] = record
     else:
@@ -203,8 +208,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 def is_done(records: list[dict[str, Any]], model: str, dataset: str, track: str, settings: RunSettings) -> bool:
     """Whether ``records`` hold a successful run of (model, dataset, track) with exactly ``settings``."""
     return any(
-        (r["model"], r["dataset"], r["track"], r["status"]) == (model, dataset, track, "ok")
-        and r["settings"] == settings.to_dict()
+        record_key(r) == (model, dataset, track) and r["status"] == "ok" and r["settings"] == settings.to_dict()
         for r in records
     )
 
