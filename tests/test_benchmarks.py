@@ -1,5 +1,6 @@
 """The benchmark suite (``python -m benchmarks.run --quick``) end to end, and the ``anomalib benchmark`` configs."""
 
+import inspect
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from benchmarks.suite.settings import MEASUREMENTS, METRICS, MODELS, SHARED_DATA
+from anomalib_dhkd import Dhkd
+from benchmarks.suite.settings import MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
 
 from .conftest import shared_category
 
@@ -128,6 +130,17 @@ def test_resume_skips_finished_runs_and_reruns_changed_settings(quick_suite: tup
     after = read_records(out)
     assert (after["padim"]["status"], after["padim"]["settings"]["seed"]) == ("ok", 1)
     assert after["dhkd"] == before["dhkd"]
+
+
+def test_dhkd_records_state_the_model_defaults() -> None:
+    """A DHKD record names every numeric default, so --resume re-runs it when one of them changes."""
+    options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
+    defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
+    for name in ("teacher_noise_level", "noise_level", "score_fraction", "blur_sigma", "affinity_weight"):
+        assert options[name] == defaults[name]
+    assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
+    assert "max_epochs" not in options
+    assert "pre_trained" not in options
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
 
@@ -63,7 +63,7 @@ def test_inference_returns_map_and_score_at_input_size(model: DhkdModel) -> None
     assert isinstance(output, InferenceBatch)
     assert output.anomaly_map.shape == (3, 1, 96, 64)
     assert output.pred_score.shape == (3,)
-    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(1, 2, 3)))
+    assert (output.pred_score >= 0).all()
     assert (output.anomaly_map >= 0).all()
 
 
@@ -89,13 +89,39 @@ def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
     generator = AnomalyMapGenerator(sigma=0)
     teacher = [torch.randn(1, 4, 8, 8), torch.randn(1, 6, 4, 4)]
     student = [t.clone() for t in teacher]
-    assert generator(student, teacher, (32, 32)).abs().max() == 0
+    anomaly_map, score = generator(student, teacher, (32, 32))
+    assert anomaly_map.abs().max() == 0
+    assert score.abs().max() == 0
     student[0][..., 2, 3] += 5.0
-    anomaly_map = generator(student, teacher, (32, 32))
+    anomaly_map, _ = generator(student, teacher, (32, 32))
     assert anomaly_map.shape == (1, 1, 32, 32)
     peak = torch.nonzero(anomaly_map[0, 0] == anomaly_map.max())[0]
     assert 8 <= peak[0] < 12
     assert 12 <= peak[1] < 16
+
+
+def test_image_score_is_the_top_fraction_mean_of_the_deepest_scale() -> None:
+    generator = AnomalyMapGenerator(sigma=0, score_fraction=0.25)
+    teacher = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
+    student = [t.clone() for t in teacher]
+    student[0][0] += 3.0  # shallow scale only: visible in the map, not in the score
+    student[1][1, :, 0, 0] += 2.0  # deepest scale: one cell of the 4 x 4 grid
+    anomaly_map, score = generator(student, teacher, (8, 8))
+    assert anomaly_map[0].min() > 0
+    assert score[0] == 0
+    deepest = AnomalyMapGenerator.discrepancy(student[1], teacher[1])
+    deepest = torch.nn.functional.interpolate(deepest, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(score, top_fraction_mean(deepest, 0.25))
+    assert score[1] > 0
+
+
+def test_top_fraction_mean_averages_the_highest_values() -> None:
+    maps = torch.arange(16.0).reshape(1, 1, 4, 4)
+    torch.testing.assert_close(top_fraction_mean(maps, 0.25), torch.tensor([13.5]))
+    torch.testing.assert_close(top_fraction_mean(maps, 1e-6), torch.tensor([15.0]))
+    torch.testing.assert_close(top_fraction_mean(maps, 1.0), torch.tensor([7.5]))
+    with pytest.raises(ValueError, match="score_fraction"):
+        AnomalyMapGenerator(score_fraction=0)
 
 
 def test_invalid_schedule_is_rejected() -> None:

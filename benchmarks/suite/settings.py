@@ -3,10 +3,12 @@
 Every budget and layer choice of the suite is in this module; ``benchmarks/README.md`` explains them.
 """
 
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models.dhkd.presets import OFFLINE_BACKBONE, OFFLINE_LAYERS
 
 MODELS = ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation")
@@ -43,8 +45,6 @@ QUICK_THROUGHPUT_SECONDS = 1.0
 # 12 min per epoch on bottle. Reverse Distillation (resnet18, no weights): 1.7 s per batch, under 1 min per epoch.
 EPOCHS = {"dhkd": 4, "padim": 1, "patchcore": 1, "cflow": 1, "reverse_distillation": 10}
 DHKD_WARMUP_EPOCHS = 1
-# Stated in every record, so that --resume re-runs DHKD records trained before teacher noise existed.
-DHKD_TEACHER_NOISE_LEVEL = 0.3
 # --quick: one epoch each; DHKD then trains teacher and student jointly from the start (no warm-up).
 QUICK_EPOCHS = dict.fromkeys(MODELS, 1)
 QUICK_DHKD_WARMUP_EPOCHS = 0
@@ -95,6 +95,17 @@ class RunSettings:
         return cls(**{**values, "layers": tuple(values["layers"])})
 
 
+def dhkd_hyperparameters() -> dict[str, int | float]:
+    """DHKD's numeric defaults (loss weights, noise levels, flow sizes, scoring), stated in each DHKD record.
+
+    A record then says exactly which model it measured, and ``--resume`` re-runs DHKD records trained under other
+    defaults. Settings the suite sets itself (epochs, warm-up, backbone, layers, weights) are left out.
+    """
+    run_level = {"max_epochs", "teacher_warmup_epochs"}
+    parameters = inspect.signature(Dhkd).parameters.values()
+    return {p.name: p.default for p in parameters if type(p.default) in {int, float} and p.name not in run_level}
+
+
 def run_settings(
     model: str,
     track: str,
@@ -106,8 +117,8 @@ def run_settings(
     """Settings of ``model`` in ``track``; ``layers`` replaces the model's default layers."""
     options = dict(MODEL_OPTIONS.get(model, {}))
     if model == "dhkd":
+        options |= dhkd_hyperparameters()
         options["teacher_warmup_epochs"] = QUICK_DHKD_WARMUP_EPOCHS if quick else DHKD_WARMUP_EPOCHS
-        options["teacher_noise_level"] = DHKD_TEACHER_NOISE_LEVEL
     return RunSettings(
         epochs=(QUICK_EPOCHS if quick else EPOCHS)[model],
         image_size=image_size,
