@@ -39,7 +39,7 @@ from lightning.pytorch import seed_everything
 from torch.nn import functional
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_dhkd.deploy import load_exported
+from anomalib_dhkd.deploy import load_exported, resize_to_input
 from benchmarks.suite.settings import run_settings
 from benchmarks.suite.worker import build_model
 
@@ -52,7 +52,7 @@ def load_test_images(datamodule: MVTecAD, image_size: int) -> tuple[torch.Tensor
     datamodule.setup("test")
     images, labels, masks = [], [], []
     for item in datamodule.test_data:
-        images.append(functional.interpolate(item.image[None], size=image_size, mode="bilinear", antialias=True))
+        images.append(resize_to_input(item.image[None], (image_size, image_size)))
         labels.append(int(item.gt_label))
         mask = item.gt_mask if item.gt_mask is not None else torch.zeros(item.image.shape[-2:])
         masks.append(functional.interpolate(mask[None, None].float(), size=image_size, mode="nearest")[0] > 0.5)

@@ -16,7 +16,7 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.deploy import fixed_size, load_exported
+from anomalib_dhkd.deploy import fixed_size, load_exported, resize_to_input
 from anomalib_dhkd.models.dhkd.lightning_model import FEATURE_TAP_NAME
 from anomalib_dhkd.quantization import encoder_only_scope, feature_taps, upstream_names
 
@@ -45,8 +45,7 @@ def eager_outputs(model: Dhkd, images: torch.Tensor) -> dict[str, np.ndarray]:
 def real_test_images(root: Path, category: str) -> torch.Tensor:
     data = MVTecAD(root=root, category=category, num_workers=0)
     data.setup("test")
-    resize = torch.nn.functional.interpolate
-    return torch.cat([resize(item.image[None], size=SIZE, mode="bilinear", antialias=True) for item in data.test_data])
+    return torch.cat([resize_to_input(item.image[None], SIZE) for item in data.test_data])
 
 
 @pytest.fixture(scope="module")
