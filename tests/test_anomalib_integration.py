@@ -1,5 +1,6 @@
 """DHKD through anomalib itself: registration, Engine fit/validate/test/predict, checkpoints, export and CLI."""
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,19 @@ def test_trainer_arguments_carry_epochs_and_clipping(trained_tiny: tuple[Engine,
     assert engine.trainer.current_epoch == 2
     assert engine.trainer.gradient_clip_val == 1.0
     assert model.training_student
+
+
+def test_fit_leaves_position_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    """The statistics the scores are standardised with come from the trained model's maps of the training images."""
+    _, model, data = trained_tiny
+    statistics = model.model.position_statistics
+    assert [s.mean.shape[-1] for s in statistics] == [IMAGE_SIZE // 4, IMAGE_SIZE // 8, IMAGE_SIZE // 16]
+    refitted = copy.deepcopy(model.model)
+    transform = model.pre_processor.transform
+    refitted.fit_position_statistics(transform(batch.image) for batch in data.train_dataloader())
+    for expected, actual in zip(refitted.position_statistics, statistics, strict=True):
+        torch.testing.assert_close(actual.mean, expected.mean)
+        torch.testing.assert_close(actual.std, expected.std)
 
 
 def test_validate_and_test_report_finite_metrics(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:

@@ -133,10 +133,11 @@ def test_resume_skips_finished_runs_and_reruns_changed_settings(quick_suite: tup
 
 
 def test_dhkd_records_state_the_model_defaults() -> None:
-    """A DHKD record names every numeric default, so --resume re-runs it when one of them changes."""
+    """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
     defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    for name in ("teacher_noise_level", "noise_level", "score_fraction", "blur_sigma", "affinity_weight"):
+    names = ("teacher_noise_level", "standardize_map", "noise_level", "score_fraction", "blur_sigma", "affinity_weight")
+    for name in names:
         assert options[name] == defaults[name]
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert "max_epochs" not in options

@@ -1,4 +1,4 @@
-"""Shared building blocks: Fourier transforms, dual-domain blocks, flow teacher, affinity loss, noise."""
+"""Shared building blocks: Fourier transforms, dual-domain blocks, flow teacher, affinity loss, noise, statistics."""
 
 import pytest
 import torch
@@ -9,10 +9,12 @@ from anomalib_dhkd.components import (
     DualDomainBlock,
     DualDomainStudent,
     FrequencyFilter,
+    PositionStandardizer,
     add_feature_noise,
     affinity_matrix,
     flow_negative_log_likelihood,
     irfft2,
+    map_moments,
     rfft2,
 )
 from anomalib_dhkd.components.fourier import irfft2_matmul, rfft2_matmul
@@ -114,3 +116,32 @@ def test_feature_noise_is_relative_to_channel_scale() -> None:
     assert torch.equal(add_feature_noise(features, 0.0), features)
     with pytest.raises(ValueError, match="non-negative"):
         add_feature_noise(features, -1.0)
+
+
+def test_position_standardizer_is_identity_until_fitted_then_standardises_each_position() -> None:
+    torch.manual_seed(0)
+    standardizer = PositionStandardizer()
+    maps = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(standardizer(maps), maps)
+    scale = torch.linspace(0.5, 4.0, 64).view(1, 1, 8, 8)  # each position its own mean and spread
+    normal = 10 * scale + scale * torch.randn(200, 1, 8, 8)
+    standardizer.fit(map_moments(normal[:120]) + map_moments(normal[120:]))  # batch moments add up
+    standardized = standardizer(normal)
+    torch.testing.assert_close(standardized.mean(dim=0), torch.zeros(1, 8, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.std(dim=0), torch.ones(1, 8, 8), atol=1e-5, rtol=0)
+    assert standardizer(torch.rand(2, 1, 16, 4)).shape == (2, 1, 16, 4)  # statistics resized to other map sizes
+    with pytest.raises(ValueError, match="at least two normal images"):
+        standardizer.fit(map_moments(normal[:1]))
+
+
+def test_position_standardizer_floors_the_std_and_loads_fitted_statistics() -> None:
+    standardizer = PositionStandardizer(min_std_ratio=0.1)
+    normal = torch.randn(50, 1, 4, 4)
+    normal[:, :, 0, 0] = 2.0  # a position that never varies
+    standardizer.fit(map_moments(normal))
+    assert standardizer.std[0, 0, 0, 0] == pytest.approx(0.1 * standardizer.std.mean().item(), rel=0.2)
+    assert torch.isfinite(standardizer(torch.full((1, 1, 4, 4), 3.0))).all()
+    fresh = PositionStandardizer()
+    fresh.load_state_dict(standardizer.state_dict())
+    probe = torch.rand(3, 1, 4, 4)
+    torch.testing.assert_close(fresh(probe), standardizer(probe))

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, top_fraction_mean
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
 
@@ -89,30 +90,71 @@ def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
     generator = AnomalyMapGenerator(sigma=0)
     teacher = [torch.randn(1, 4, 8, 8), torch.randn(1, 6, 4, 4)]
     student = [t.clone() for t in teacher]
-    anomaly_map, score = generator(student, teacher, (32, 32))
+    maps = [squared_discrepancy(s, t) for s, t in zip(student, teacher, strict=True)]
+    anomaly_map, score = generator(maps, maps[-1], (32, 32))
     assert anomaly_map.abs().max() == 0
     assert score.abs().max() == 0
     student[0][..., 2, 3] += 5.0
-    anomaly_map, _ = generator(student, teacher, (32, 32))
+    maps = [squared_discrepancy(s, t) for s, t in zip(student, teacher, strict=True)]
+    anomaly_map, _ = generator(maps, maps[-1], (32, 32))
     assert anomaly_map.shape == (1, 1, 32, 32)
     peak = torch.nonzero(anomaly_map[0, 0] == anomaly_map.max())[0]
     assert 8 <= peak[0] < 12
     assert 12 <= peak[1] < 16
 
 
-def test_image_score_is_the_top_fraction_mean_of_the_deepest_scale() -> None:
+def test_image_score_is_the_top_fraction_mean_of_the_score_map() -> None:
     generator = AnomalyMapGenerator(sigma=0, score_fraction=0.25)
-    teacher = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
-    student = [t.clone() for t in teacher]
-    student[0][0] += 3.0  # shallow scale only: visible in the map, not in the score
-    student[1][1, :, 0, 0] += 2.0  # deepest scale: one cell of the 4 x 4 grid
-    anomaly_map, score = generator(student, teacher, (8, 8))
+    maps = [torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 4, 4)]
+    maps[0][0] += 3.0  # shallow scale only: visible in the map, not in the score
+    maps[1][1, :, 0, 0] += 2.0  # deepest scale: one cell of the 4 x 4 grid
+    anomaly_map, score = generator(maps, maps[-1], (8, 8))
     assert anomaly_map[0].min() > 0
     assert score[0] == 0
-    deepest = AnomalyMapGenerator.discrepancy(student[1], teacher[1])
-    deepest = torch.nn.functional.interpolate(deepest, size=(8, 8), mode="bilinear", align_corners=False)
+    deepest = torch.nn.functional.interpolate(maps[-1], size=(8, 8), mode="bilinear", align_corners=False)
     torch.testing.assert_close(score, top_fraction_mean(deepest, 0.25))
     assert score[1] > 0
+
+
+@pytest.mark.parametrize("standardize_map", [False, True])
+def test_scores_are_standardised_per_position_once_statistics_are_fitted(standardize_map: bool) -> None:
+    """The score, and with ``standardize_map`` the map, use discrepancies standardised by normal images' statistics."""
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, standardize_map=standardize_map).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(images)
+        model.fit_position_statistics([torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)])
+        after = model(images)
+        raw = model.discrepancies(model.extract_features(images))
+    statistics = model.position_statistics[-1]
+    assert statistics.mean.shape == (1, *raw[-1].shape[1:]) == (1, 1, 4, 4)
+    assert not model.training  # fitting left the mode as it was
+    generator = model.anomaly_map_generator
+    deepest = F.interpolate(statistics(raw[-1]), size=(64, 64), mode="bilinear", align_corners=False)
+    expected_score = top_fraction_mean(generator.blur(deepest), 0.01)
+    torch.testing.assert_close(after.pred_score, expected_score)
+    assert not torch.allclose(after.pred_score, before.pred_score)
+    assert torch.equal(after.anomaly_map, before.anomaly_map) != standardize_map
+    with pytest.raises(ValueError, match="empty"):
+        model.fit_position_statistics([])
+
+
+@pytest.mark.parametrize(
+    ("pre_trained", "teacher_noise_level", "standardize_map"), [(True, 0.3, False), (False, 0.0, True)]
+)
+def test_defaults_depend_on_the_encoders_weights(
+    pre_trained: bool, teacher_noise_level: float, standardize_map: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Teacher noise only with ImageNet weights, a standardised map only without (measured in the docstrings)."""
+    from anomalib_dhkd.models.dhkd import torch_model
+
+    random_encoder = torch_model.build_encoder(TINY_MODEL["backbone"], TINY_MODEL["layers"], pre_trained=False)
+    monkeypatch.setattr(torch_model, "build_encoder", lambda *_: random_encoder)  # no weights needed either way
+    model = DhkdModel(backbone=TINY_MODEL["backbone"], layers=TINY_MODEL["layers"], pre_trained=pre_trained)
+    assert (model.teacher_noise_level, model.standardize_map) == (teacher_noise_level, standardize_map)
+    explicit = DhkdModel(**TINY_MODEL, teacher_noise_level=0.1, standardize_map=False)
+    assert (explicit.teacher_noise_level, explicit.standardize_map) == (0.1, False)
 
 
 def test_top_fraction_mean_averages_the_highest_values() -> None:
@@ -167,6 +209,7 @@ def test_trained_model_scores_planted_defects_higher(texture_root) -> None:
             terms.total.backward()
             optimizer.step()
     dhkd.model.eval()
+    dhkd.model.fit_position_statistics(transform(batch.image) for batch in datamodule.train_dataloader())
     scores, labels, inside, outside = [], [], [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():

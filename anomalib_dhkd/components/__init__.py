@@ -5,6 +5,7 @@ from anomalib_dhkd.components.dual_domain import DualDomainBlock, DualDomainStud
 from anomalib_dhkd.components.flow import ConvFlow, flow_negative_log_likelihood
 from anomalib_dhkd.components.fourier import irfft2, rfft2
 from anomalib_dhkd.components.noise import add_feature_noise
+from anomalib_dhkd.components.position_statistics import PositionStandardizer, map_moments
 
 __all__ = [
     "AffinityLoss",
@@ -12,9 +13,11 @@ __all__ = [
     "DualDomainBlock",
     "DualDomainStudent",
     "FrequencyFilter",
+    "PositionStandardizer",
     "add_feature_noise",
     "affinity_matrix",
     "flow_negative_log_likelihood",
     "irfft2",
+    "map_moments",
     "rfft2",
 ]

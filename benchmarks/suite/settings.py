@@ -95,15 +95,17 @@ class RunSettings:
         return cls(**{**values, "layers": tuple(values["layers"])})
 
 
-def dhkd_hyperparameters() -> dict[str, int | float]:
-    """DHKD's numeric defaults (loss weights, noise levels, flow sizes, scoring), stated in each DHKD record.
+def dhkd_hyperparameters() -> dict[str, int | float | bool | None]:
+    """DHKD's plain defaults (loss weights, noise levels, flow sizes, scoring), stated in each DHKD record.
 
     A record then says exactly which model it measured, and ``--resume`` re-runs DHKD records trained under other
-    defaults. Settings the suite sets itself (epochs, warm-up, backbone, layers, weights) are left out.
+    defaults. ``None`` means the model picks by encoder (see :class:`Dhkd`). Settings the suite sets itself (epochs,
+    warm-up, backbone, layers, weights) are left out.
     """
-    run_level = {"max_epochs", "teacher_warmup_epochs"}
+    run_level = {"max_epochs", "teacher_warmup_epochs", "pre_trained"}
     parameters = inspect.signature(Dhkd).parameters.values()
-    return {p.name: p.default for p in parameters if type(p.default) in {int, float} and p.name not in run_level}
+    plain = {int, float, bool, type(None)}
+    return {p.name: p.default for p in parameters if type(p.default) in plain and p.name not in run_level}
 
 
 def run_settings(

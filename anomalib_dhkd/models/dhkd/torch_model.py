@@ -16,10 +16,12 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
               T_k = Flow_k(x_k)           (distillation target, inference)
     student:  S_k = Student_k(x_k + noise)  (training)      (dual-domain spatial + frequency blocks)
               S_k = Student_k(x_k)          (inference)
-    anomaly map = Gaussian-smoothed mean over scales of mean_c (S_k - T_k)^2
-    image score = mean of the top 1 % of the smoothed deepest-scale discrepancy
+    d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
+    anomaly map = Gaussian-smoothed mean over scales of d_k (of z_k with standardize_map)
+    image score = mean of the top 1 % of the smoothed deepest-scale z_k
 """
 
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import timm
@@ -28,8 +30,11 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from anomalib_dhkd.components import ConvFlow, DualDomainStudent, add_feature_noise
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator
+from anomalib_dhkd.components import ConvFlow, DualDomainStudent, PositionStandardizer, add_feature_noise, map_moments
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy
+
+# Teacher dequantisation noise by encoder (see DhkdModel): it helps pretrained features and hurts random ones.
+DEFAULT_TEACHER_NOISE_LEVEL = {True: 0.3, False: 0.0}
 
 
 class DhkdTrainingOutput(NamedTuple):
@@ -80,9 +85,12 @@ class DhkdModel(nn.Module):
         condition_channels: Positional-encoding channels the couplings are conditioned on (``0``: none).
         student_blocks: Dual-domain blocks per student.
         noise_level: Student training noise standard deviation relative to each channel's feature standard deviation.
-        teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise.
+        teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise;
+            ``None``: 0.3 with ImageNet weights, 0 without (:data:`DEFAULT_TEACHER_NOISE_LEVEL`).
         blur_sigma: Gaussian smoothing of the anomaly map in pixels.
         score_fraction: Share of the deepest-scale discrepancy's highest values averaged into the image score.
+        standardize_map: Fuse the per-position standardised discrepancies into the anomaly map instead of the raw
+            ones; ``None``: only without ImageNet weights.
 
     Example:
         >>> model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4"],
@@ -103,20 +111,25 @@ class DhkdModel(nn.Module):
         condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
-        teacher_noise_level: float = 0.3,
+        teacher_noise_level: float | None = None,
         blur_sigma: float = 4.0,
         score_fraction: float = 0.01,
+        standardize_map: bool | None = None,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder(backbone, layers, pre_trained)
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
-        self.teacher_noise_level = teacher_noise_level
+        self.teacher_noise_level = (
+            DEFAULT_TEACHER_NOISE_LEVEL[pre_trained] if teacher_noise_level is None else teacher_noise_level
+        )
+        self.standardize_map = not pre_trained if standardize_map is None else standardize_map
         self.feature_norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in channels)
         self.teachers = nn.ModuleList(
             ConvFlow(c, flow_blocks, flow_hidden_ratio, flow_clamp, condition_channels) for c in channels
         )
         self.students = nn.ModuleList(DualDomainStudent(c, student_blocks) for c in channels)
+        self.position_statistics = nn.ModuleList(PositionStandardizer() for _ in channels)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_fraction=score_fraction)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -149,19 +162,53 @@ class DhkdModel(nn.Module):
         ]
         return DhkdTrainingOutput(list(teacher_latents), list(log_dets), student_latents, teacher_targets)
 
+    def discrepancies(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-scale teacher-student discrepancy maps ``(N, 1, h_k, w_k)`` of clean features."""
+        return [
+            squared_discrepancy(student(f), teacher(f)[0])
+            for teacher, student, f in zip(self.teachers, self.students, features, strict=True)
+        ]
+
+    @torch.no_grad()
+    def fit_position_statistics(
+        self,
+        images: Iterable[torch.Tensor],
+        sum_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Fit each scale's per-position discrepancy statistics on batches of normal (pre-processed) images.
+
+        Args:
+            images: Batches ``(N, 3, H, W)`` of normal training images, at the size the model will be run at.
+            sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
+
+        """
+        was_training = self.training
+        self.eval()  # the feature norms must not update their running statistics here
+        moments: list[torch.Tensor] | None = None
+        for batch in images:
+            batch_moments = [map_moments(d) for d in self.discrepancies(self.extract_features(batch))]
+            moments = batch_moments if moments is None else [m + b for m, b in zip(moments, batch_moments, strict=True)]
+        self.train(was_training)
+        if moments is None:
+            msg = "Position statistics need normal training images; the given image batches were empty."
+            raise ValueError(msg)
+        for statistics, scale_moments in zip(self.position_statistics, moments, strict=True):
+            statistics.fit(sum_across_processes(scale_moments) if sum_across_processes else scale_moments)
+
     def forward(self, images: torch.Tensor) -> DhkdTrainingOutput | InferenceBatch:
         """Return per-scale training outputs in training mode, else the anomaly map and image score.
 
-        The image score is the mean of the top ``score_fraction`` of the smoothed deepest-scale discrepancy (see
-        :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the measurements behind this choice).
+        The image score is the mean of the top ``score_fraction`` of the smoothed, per-position standardised
+        deepest-scale discrepancy (see :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the measurements behind
+        this choice).
         """
         features = self.extract_features(images)
         if self.training:
             return self.training_outputs(features)
 
-        teacher_latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
-        student_latents = [student(f) for student, f in zip(self.students, features, strict=True)]
+        discrepancies = self.discrepancies(features)
+        standardized = [statistics(d) for statistics, d in zip(self.position_statistics, discrepancies, strict=True)]
         anomaly_map, pred_score = self.anomaly_map_generator(
-            student_latents, teacher_latents, image_size=images.shape[-2:]
+            standardized if self.standardize_map else discrepancies, standardized[-1], image_size=images.shape[-2:]
         )
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
