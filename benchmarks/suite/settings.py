@@ -100,12 +100,14 @@ def dhkd_hyperparameters() -> dict[str, int | float | bool | None]:
 
     A record then says exactly which model it measured, and ``--resume`` re-runs DHKD records trained under other
     defaults. ``None`` means the model picks by encoder (see :class:`Dhkd`). Settings the suite sets itself (epochs,
-    warm-up, backbone, layers, weights) are left out.
+    warm-up, backbone, layers, weights, pre- and post-processing, evaluator, visualizer) are left out.
     """
     run_level = {"max_epochs", "teacher_warmup_epochs", "pre_trained"}
+    components = {"pre_processor", "post_processor", "evaluator", "visualizer"}
     parameters = inspect.signature(Dhkd).parameters.values()
     plain = {int, float, bool, type(None)}
-    return {p.name: p.default for p in parameters if type(p.default) in plain and p.name not in run_level}
+    excluded = run_level | components
+    return {p.name: p.default for p in parameters if type(p.default) in plain and p.name not in excluded}
 
 
 def run_settings(
