@@ -254,12 +254,12 @@ class Dhkd(AnomalibModule):
 
     def fit_position_statistics(self) -> None:
         """Fit the per-position discrepancy statistics on the training images (one inference pass, all processes)."""
-        loader = self.trainer.train_dataloader
-        logger.info("DHKD: fitting position statistics on %d batches of training images.", len(loader))
+        logger.info("DHKD: fitting position statistics on the training images.")
         strategy = self.trainer.strategy
         with torch.inference_mode(False):  # the statistics are buffers used later outside inference mode
             self.model.fit_position_statistics(
-                self._training_images(loader), sum_across_processes=lambda t: strategy.reduce(t, reduce_op="sum")
+                self._training_images(self.trainer.train_dataloader),
+                sum_across_processes=lambda t: strategy.reduce(t, reduce_op="sum"),
             )
         self._statistics_step = self.global_step
 
