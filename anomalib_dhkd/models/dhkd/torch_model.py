@@ -185,10 +185,14 @@ class DhkdModel(nn.Module):
         was_training = self.training
         self.eval()  # the feature norms must not update their running statistics here
         moments: list[torch.Tensor] | None = None
-        for batch in images:
-            batch_moments = [map_moments(d) for d in self.discrepancies(self.extract_features(batch))]
-            moments = batch_moments if moments is None else [m + b for m, b in zip(moments, batch_moments, strict=True)]
-        self.train(was_training)
+        try:
+            for batch in images:
+                batch_moments = [map_moments(d) for d in self.discrepancies(self.extract_features(batch))]
+                if moments is not None:
+                    batch_moments = [m + b for m, b in zip(moments, batch_moments, strict=True)]
+                moments = batch_moments
+        finally:
+            self.train(was_training)
         if moments is None:
             msg = "Position statistics need normal training images; the given image batches were empty."
             raise ValueError(msg)
@@ -206,9 +210,11 @@ class DhkdModel(nn.Module):
         if self.training:
             return self.training_outputs(features)
 
-        discrepancies = self.discrepancies(features)
-        standardized = [statistics(d) for statistics, d in zip(self.position_statistics, discrepancies, strict=True)]
-        anomaly_map, pred_score = self.anomaly_map_generator(
-            standardized if self.standardize_map else discrepancies, standardized[-1], image_size=images.shape[-2:]
-        )
+        scale_maps = self.discrepancies(features)
+        if self.standardize_map:
+            scale_maps = [statistics(d) for statistics, d in zip(self.position_statistics, scale_maps, strict=True)]
+            score_map = scale_maps[-1]
+        else:
+            score_map = self.position_statistics[-1](scale_maps[-1])
+        anomaly_map, pred_score = self.anomaly_map_generator(scale_maps, score_map, image_size=images.shape[-2:])
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
