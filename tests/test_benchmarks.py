@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 
 from anomalib_dhkd import Dhkd
-from benchmarks.suite.settings import MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
+from anomalib_dhkd.models import OFFLINE_SCORE_LAYERS
+from benchmarks.suite.settings import EPOCHS, MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
 
 from .conftest import shared_category
 
@@ -142,6 +143,10 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert "max_epochs" not in options
     assert not {"pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(options)
+    assert options["score_layers"] is None  # the model's default without ImageNet weights
+    pretrained = run_settings("dhkd", "pretrained", image_size=64, seed=0, quick=True)
+    assert pretrained.options["score_layers"] == list(OFFLINE_SCORE_LAYERS)
+    assert pretrained.encoder_layers == ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 
 
 @pytest.mark.slow
@@ -189,7 +194,8 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
     model = get_model(jobs[0]["model"])
     if config.stem == "dhkd":
         assert type(model) is Dhkd
-        assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else 4)
+        assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else EPOCHS["dhkd"])
+        assert model.model.score_layers == list(OFFLINE_SCORE_LAYERS)
     else:
         assert type(model).__name__.lower() == config.stem.replace("_", "")
     for job in jobs:  # the shared data, relative to the repository root

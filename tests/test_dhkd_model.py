@@ -91,12 +91,12 @@ def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
     teacher = [torch.randn(1, 4, 8, 8), torch.randn(1, 6, 4, 4)]
     student = [t.clone() for t in teacher]
     maps = [squared_discrepancy(s, t) for s, t in zip(student, teacher, strict=True)]
-    anomaly_map, score = generator(maps, maps[-1], (32, 32))
+    anomaly_map, score = generator(maps, maps[-1:], (32, 32))
     assert anomaly_map.abs().max() == 0
     assert score.abs().max() == 0
     student[0][..., 2, 3] += 5.0
     maps = [squared_discrepancy(s, t) for s, t in zip(student, teacher, strict=True)]
-    anomaly_map, _ = generator(maps, maps[-1], (32, 32))
+    anomaly_map, _ = generator(maps, maps[-1:], (32, 32))
     assert anomaly_map.shape == (1, 1, 32, 32)
     peak = torch.nonzero(anomaly_map[0, 0] == anomaly_map.max())[0]
     assert 8 <= peak[0] < 12
@@ -108,19 +108,24 @@ def test_image_score_is_the_top_fraction_mean_of_the_score_map() -> None:
     maps = [torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 4, 4)]
     maps[0][0] += 3.0  # shallow scale only: visible in the map, not in the score
     maps[1][1, :, 0, 0] += 2.0  # deepest scale: one cell of the 4 x 4 grid
-    anomaly_map, score = generator(maps, maps[-1], (8, 8))
+    extra = torch.zeros(2, 1, 2, 2)
+    extra[0] += 4.0  # a score-only scale: in the score, not in the map
+    anomaly_map, score = generator(maps, [maps[-1], extra], (8, 8))
     assert anomaly_map[0].min() > 0
-    assert score[0] == 0
-    deepest = torch.nn.functional.interpolate(maps[-1], size=(8, 8), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(score, top_fraction_mean(deepest, 0.25))
+    torch.testing.assert_close(anomaly_map, generator.fuse(maps, (8, 8)))
+    upsampled = [F.interpolate(m, size=(8, 8), mode="bilinear", align_corners=False) for m in (maps[-1], extra)]
+    torch.testing.assert_close(score, top_fraction_mean((upsampled[0] + upsampled[1]) / 2, 0.25))
+    assert score[0] == 2.0
     assert score[1] > 0
+    _, map_score = generator(maps, maps, (8, 8))  # the same scales: the score is taken from the map itself
+    torch.testing.assert_close(map_score, top_fraction_mean(anomaly_map, 0.25))
 
 
 @pytest.mark.parametrize("standardize_map", [False, True])
 def test_scores_are_standardised_per_position_once_statistics_are_fitted(standardize_map: bool) -> None:
     """The score, and with ``standardize_map`` the map, use discrepancies standardised by normal images' statistics."""
     torch.manual_seed(0)
-    model = DhkdModel(**TINY_MODEL, standardize_map=standardize_map).eval()
+    model = DhkdModel(**TINY_MODEL, score_layers=["blocks.4"], standardize_map=standardize_map).eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         before = model(images)
@@ -140,6 +145,27 @@ def test_scores_are_standardised_per_position_once_statistics_are_fitted(standar
         model.fit_position_statistics([])
 
 
+def test_score_layers_get_their_own_pairs_and_only_enter_the_score() -> None:
+    """A score layer deeper than the map's is extracted in depth order, trained, and scored, but not mapped."""
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, score_layers=["blocks.6", "blocks.4"], standardize_map=False)
+    assert list(model.encoder.layers) == ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert (model.map_indices, model.score_indices) == ([0, 1, 2], [3, 2])
+    features = model.extract_features(torch.rand(2, 3, 64, 64))
+    assert [f.shape[1] for f in features] == [24, 40, 112, 320]
+    assert len(model.training_outputs(features).student_latents) == 4
+    model.eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        model.fit_position_statistics([torch.rand(3, 3, 64, 64)])
+        output = model(images)
+        raw = model.discrepancies(model.extract_features(images))
+    generator = model.anomaly_map_generator
+    torch.testing.assert_close(output.anomaly_map, generator.fuse(raw[:3], (64, 64)))
+    score_map = generator.fuse([model.position_statistics[i](raw[i]) for i in (3, 2)], (64, 64))
+    torch.testing.assert_close(output.pred_score, top_fraction_mean(score_map, 0.01))
+
+
 @pytest.mark.parametrize(
     ("pre_trained", "teacher_noise_level", "standardize_map"), [(True, 0.3, False), (False, 0.0, True)]
 )
@@ -153,6 +179,7 @@ def test_defaults_depend_on_the_encoders_weights(
     monkeypatch.setattr(torch_model, "build_encoder", lambda *_: random_encoder)  # no weights needed either way
     model = DhkdModel(backbone=TINY_MODEL["backbone"], layers=TINY_MODEL["layers"], pre_trained=pre_trained)
     assert (model.teacher_noise_level, model.standardize_map) == (teacher_noise_level, standardize_map)
+    assert model.score_layers == (TINY_MODEL["layers"][-1:] if pre_trained else TINY_MODEL["layers"])
     explicit = DhkdModel(**TINY_MODEL, teacher_noise_level=0.1, standardize_map=False)
     assert (explicit.teacher_noise_level, explicit.standardize_map) == (0.1, False)
 

@@ -3,9 +3,9 @@
 import importlib
 from types import ModuleType
 
-from anomalib_dhkd.models.dhkd import OFFLINE_BACKBONE, OFFLINE_LAYERS, Dhkd, offline_dhkd
+from anomalib_dhkd.models.dhkd import OFFLINE_BACKBONE, OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS, Dhkd, offline_dhkd
 
-__all__ = ["OFFLINE_BACKBONE", "OFFLINE_LAYERS", "Dhkd", "offline_dhkd", "register"]
+__all__ = ["OFFLINE_BACKBONE", "OFFLINE_LAYERS", "OFFLINE_SCORE_LAYERS", "Dhkd", "offline_dhkd", "register"]
 
 
 def register(anomalib_models: ModuleType) -> None:

@@ -148,7 +148,7 @@ class GalleryMaps(Callback):
 def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryMaps) -> dict[str, Any]:
     """Fit and test the job's model through anomalib's ``Engine``; return metrics, timing, size and throughput."""
     model = build_model(job["model"], settings)
-    check_layers(model, settings.layers)
+    check_layers(model, settings.encoder_layers)
     datamodule = MVTecAD(
         root=job["root"],
         category=job["category"],

@@ -17,8 +17,8 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
     student:  S_k = Student_k(x_k + noise)  (training)      (dual-domain spatial + frequency blocks)
               S_k = Student_k(x_k)          (inference)
     d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
-    anomaly map = Gaussian-smoothed mean over scales of d_k (of z_k with standardize_map)
-    image score = mean of the top 1 % of the smoothed deepest-scale z_k
+    anomaly map = Gaussian-smoothed mean of d_k over `layers` (of z_k with standardize_map)
+    image score = mean of the top 1 % of the Gaussian-smoothed mean of z_k over `score_layers`
 """
 
 from collections.abc import Callable, Iterable
@@ -47,15 +47,21 @@ class DhkdTrainingOutput(NamedTuple):
 
 
 def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFeatureExtractor:
-    """Build a frozen timm feature extractor and fail clearly if a requested layer does not exist.
+    """Build a frozen timm feature extractor of ``layers``, shallowest first, and fail clearly on a bad layer name.
 
     anomalib's extractor drops unknown layer names with only a warning; a model silently trained on fewer scales
-    than configured is worse than an error. Pretrained weights that cannot be fetched (an offline machine) also
-    end in one line saying what to do instead.
+    than configured is worse than an error. timm returns features in depth order whatever the order of the names,
+    so the layers are sorted by depth here. Pretrained weights that cannot be fetched (an offline machine) also end
+    in one line saying what to do instead.
     """
+    available = timm.create_model(backbone, features_only=True, pretrained=False).feature_info.module_name()
+    unknown = sorted(set(layers) - set(available))
+    if unknown:
+        msg = f"Backbone {backbone!r} has no feature layer(s) {unknown}. Choose from {available}."
+        raise ValueError(msg)
     try:
-        encoder = TimmFeatureExtractor(
-            backbone=backbone, layers=list(layers), pre_trained=pre_trained, requires_grad=False
+        return TimmFeatureExtractor(
+            backbone=backbone, layers=sorted(layers, key=available.index), pre_trained=pre_trained, requires_grad=False
         )
     except OSError as error:  # huggingface_hub's LocalEntryNotFoundError and network errors are OSErrors
         msg = (
@@ -64,12 +70,16 @@ def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFe
             "`python -m anomalib_dhkd.weights install`, or pre_trained=False."
         )
         raise RuntimeError(msg) from error
-    if list(encoder.layers) != list(layers):
-        available = timm.create_model(backbone, features_only=True, pretrained=False).feature_info.module_name()
-        msg = f"Backbone {backbone!r} has no feature layer(s) {sorted(set(layers) - set(encoder.layers))}. "
-        msg += f"Choose from {available}."
-        raise ValueError(msg)
-    return encoder
+
+
+def default_score_layers(layers: list[str], pre_trained: bool) -> list[str]:
+    """Return the deepest of ``layers`` with ImageNet weights, all of ``layers`` without.
+
+    Pretrained deep features are the most semantic; a random encoder's deep features are not, and its shallow
+    discrepancies score better (bottle without ImageNet weights, image AUROC of the deepest and of all three
+    standardised scales: 0.921 and 0.991; see :mod:`anomalib_dhkd.models.dhkd.anomaly_map`).
+    """
+    return list(layers[-1:]) if pre_trained else list(layers)
 
 
 class DhkdModel(nn.Module):
@@ -77,8 +87,11 @@ class DhkdModel(nn.Module):
 
     Args:
         backbone: timm backbone of the encoder.
-        layers: Encoder layers, one teacher-student pair per layer.
+        layers: Encoder layers whose discrepancies form the anomaly map, one teacher-student pair per layer.
         pre_trained: Load the backbone's ImageNet weights.
+        score_layers: Encoder layers whose standardised discrepancies form the image score; a layer not in
+            ``layers`` gets a teacher-student pair of its own that the map does not use. ``None``: the deepest of
+            ``layers`` with ImageNet weights, all of them without (:func:`default_score_layers`).
         flow_blocks: Coupling blocks per teacher flow.
         flow_hidden_ratio: Width of the coupling sub-networks relative to their input.
         flow_clamp: Soft-clamping bound of the coupling log-scales.
@@ -88,7 +101,7 @@ class DhkdModel(nn.Module):
         teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise;
             ``None``: 0.3 with ImageNet weights, 0 without (:data:`DEFAULT_TEACHER_NOISE_LEVEL`).
         blur_sigma: Gaussian smoothing of the anomaly map in pixels.
-        score_fraction: Share of the deepest-scale discrepancy's highest values averaged into the image score.
+        score_fraction: Share of the highest values of the smoothed score map averaged into the image score.
         standardize_map: Fuse the per-position standardised discrepancies into the anomaly map instead of the raw
             ones; ``None``: only without ImageNet weights.
 
@@ -105,6 +118,7 @@ class DhkdModel(nn.Module):
         backbone: str,
         layers: list[str],
         pre_trained: bool = True,
+        score_layers: list[str] | None = None,
         flow_blocks: int = 4,
         flow_hidden_ratio: float = 1.0,
         flow_clamp: float = 2.0,
@@ -117,7 +131,11 @@ class DhkdModel(nn.Module):
         standardize_map: bool | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(backbone, layers, pre_trained)
+        self.score_layers = default_score_layers(layers, pre_trained) if score_layers is None else list(score_layers)
+        self.encoder = build_encoder(backbone, list(dict.fromkeys([*layers, *self.score_layers])), pre_trained)
+        encoder_layers = list(self.encoder.layers)
+        self.map_indices = [encoder_layers.index(layer) for layer in layers]
+        self.score_indices = [encoder_layers.index(layer) for layer in self.score_layers]
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
         self.teacher_noise_level = (
@@ -202,19 +220,21 @@ class DhkdModel(nn.Module):
     def forward(self, images: torch.Tensor) -> DhkdTrainingOutput | InferenceBatch:
         """Return per-scale training outputs in training mode, else the anomaly map and image score.
 
-        The image score is the mean of the top ``score_fraction`` of the smoothed, per-position standardised
-        deepest-scale discrepancy (see :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the measurements behind
-        this choice).
+        The image score is the mean of the top ``score_fraction`` of the smoothed mean of the per-position
+        standardised discrepancies of ``score_layers`` (see :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the
+        measurements behind this choice).
         """
         features = self.extract_features(images)
         if self.training:
             return self.training_outputs(features)
 
-        scale_maps = self.discrepancies(features)
-        if self.standardize_map:
-            scale_maps = [statistics(d) for statistics, d in zip(self.position_statistics, scale_maps, strict=True)]
-            score_map = scale_maps[-1]
-        else:
-            score_map = self.position_statistics[-1](scale_maps[-1])
-        anomaly_map, pred_score = self.anomaly_map_generator(scale_maps, score_map, image_size=images.shape[-2:])
+        discrepancies = self.discrepancies(features)
+        standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
+        standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
+        map_source = standardised if self.standardize_map else discrepancies
+        anomaly_map, pred_score = self.anomaly_map_generator(
+            [map_source[i] for i in self.map_indices],
+            [standardised[i] for i in self.score_indices],
+            image_size=images.shape[-2:],
+        )
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
