@@ -15,6 +15,7 @@ from PIL import Image
 
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models import OFFLINE_SCORE_LAYERS
+from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
 from benchmarks.suite.settings import EPOCHS, MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
 
 from .conftest import shared_category
@@ -147,6 +148,20 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     pretrained = run_settings("dhkd", "pretrained", image_size=64, seed=0, quick=True)
     assert pretrained.options["score_layers"] == list(OFFLINE_SCORE_LAYERS)
     assert pretrained.encoder_layers == ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+
+
+def test_layer_check_accepts_any_order_and_rejects_a_dropped_layer() -> None:
+    """The worker's check that a model extracts the requested layers (anomalib drops unknown names silently)."""
+    from benchmarks.suite.worker import check_layers
+
+    model = DhkdModel(
+        backbone="tf_efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False, score_layers=["blocks.1"]
+    )  # a score layer shallower than the map's: extracted first
+    check_layers(model, ("blocks.2", "blocks.4", "blocks.1"))
+    with pytest.raises(ValueError, match="extracts layers"):
+        check_layers(model, ("blocks.2", "blocks.4"))
+    with pytest.raises(ValueError, match="extracts layers"):
+        check_layers(model, ("blocks.1", "blocks.2", "blocks.4", "blocks.6"))
 
 
 @pytest.mark.slow

@@ -117,8 +117,9 @@ def test_image_score_is_the_top_fraction_mean_of_the_score_map() -> None:
     torch.testing.assert_close(score, top_fraction_mean((upsampled[0] + upsampled[1]) / 2, 0.25))
     assert score[0] == 2.0
     assert score[1] > 0
-    _, map_score = generator(maps, maps, (8, 8))  # the same scales: the score is taken from the map itself
+    _, map_score = generator(maps, None, (8, 8))  # no score scales: the score is taken from the map itself
     torch.testing.assert_close(map_score, top_fraction_mean(anomaly_map, 0.25))
+    assert not torch.allclose(map_score, score)
 
 
 @pytest.mark.parametrize("standardize_map", [False, True])
@@ -143,6 +144,16 @@ def test_scores_are_standardised_per_position_once_statistics_are_fitted(standar
     assert torch.equal(after.anomaly_map, before.anomaly_map) != standardize_map
     with pytest.raises(ValueError, match="empty"):
         model.fit_position_statistics([])
+
+
+def test_score_of_a_standardised_map_on_its_own_layers_is_taken_from_the_map() -> None:
+    """Without ImageNet weights (the default there) the map and the score use the same standardised scales."""
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, score_layers=TINY_MODEL["layers"], standardize_map=True).eval()
+    with torch.no_grad():
+        model.fit_position_statistics([torch.rand(3, 3, 64, 64)])
+        output = model(torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(output.pred_score, top_fraction_mean(output.anomaly_map, 0.01))
 
 
 def test_score_layers_get_their_own_pairs_and_only_enter_the_score() -> None:

@@ -93,7 +93,7 @@ class RunSettings:
 
     @property
     def encoder_layers(self) -> tuple[str, ...]:
-        """Every layer the model's encoder extracts: ``layers`` and DHKD's extra ``score_layers``, in that order."""
+        """Every layer the model's encoder extracts: ``layers``, then DHKD's extra ``score_layers`` (any depth)."""
         score_layers = self.options.get("score_layers") or ()
         return (*self.layers, *(layer for layer in score_layers if layer not in self.layers))
 

@@ -71,12 +71,12 @@ def build_model(name: str, settings: RunSettings) -> AnomalibModule:
 
 
 def check_layers(model: AnomalibModule, layers: tuple[str, ...]) -> None:
-    """Raise unless the model has one feature extractor and it extracts exactly ``layers``.
+    """Raise unless the model has one feature extractor and it extracts exactly ``layers``, in any order.
 
     anomalib's ``TimmFeatureExtractor`` drops layer names the backbone does not have, with only a warning.
     """
     extracted = [list(module.layers) for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
-    if extracted != [list(layers)]:
+    if len(extracted) != 1 or sorted(extracted[0]) != sorted(layers):
         msg = f"{type(model).__name__} extracts layers {extracted}, requested {list(layers)}"
         raise ValueError(msg)
 

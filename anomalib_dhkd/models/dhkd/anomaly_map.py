@@ -23,8 +23,6 @@ map's ``layers``. Without ImageNet weights the deep scales are the weak ones: bo
 standardised scales, 0.921 and 0.991, so the default scores on all of ``layers`` there.
 """
 
-import operator
-
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
@@ -69,19 +67,18 @@ class AnomalyMapGenerator(nn.Module):
     def forward(
         self,
         map_scales: list[torch.Tensor],
-        score_scales: list[torch.Tensor],
+        score_scales: list[torch.Tensor] | None,
         image_size: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the anomaly map ``(N, 1, *image_size)`` and the image score ``(N,)``.
 
         Args:
             map_scales: Per-scale maps ``(N, 1, h_k, w_k)`` fused into the anomaly map.
-            score_scales: Per-scale maps fused the same way into the map the image score is taken from; when they
-                are the very tensors of ``map_scales``, the anomaly map is reused.
+            score_scales: Per-scale maps fused the same way into the map the image score is taken from; ``None``:
+                the score is taken from the anomaly map itself.
             image_size: Output size of the anomaly map.
 
         """
         anomaly_map = self.fuse(map_scales, image_size)
-        same_scales = len(score_scales) == len(map_scales) and all(map(operator.is_, score_scales, map_scales))
-        score_map = anomaly_map if same_scales else self.fuse(score_scales, image_size)
+        score_map = anomaly_map if score_scales is None else self.fuse(score_scales, image_size)
         return anomaly_map, top_fraction_mean(score_map, self.score_fraction)

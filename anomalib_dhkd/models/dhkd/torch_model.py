@@ -233,9 +233,10 @@ class DhkdModel(nn.Module):
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
         standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
         map_source = standardised if self.standardize_map else discrepancies
+        score_is_map = self.standardize_map and self.score_indices == self.map_indices
         anomaly_map, pred_score = self.anomaly_map_generator(
             [map_source[i] for i in self.map_indices],
-            [standardised[i] for i in self.score_indices],
+            None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=images.shape[-2:],
         )
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
