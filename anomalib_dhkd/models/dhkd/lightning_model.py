@@ -316,7 +316,10 @@ class Dhkd(AnomalibModule):
         precision i8"); INT8 teacher and student collapse every normalised score to one value. Quantising the
         encoder only works once the teacher is trained on dequantised features (``teacher_noise_level``). Image /
         pixel AUROC of the FP32 and this INT8 export: 0.994 / 0.981 and 0.500 / 0.670 without teacher noise,
-        0.999 / 0.985 and 0.999 / 0.979 with ``teacher_noise_level=0.3`` (``benchmarks/deployment.py``).
+        0.999 / 0.985 and 0.999 / 0.979 with ``teacher_noise_level=0.3`` (``benchmarks/deployment.py``). The offline
+        preset's score-only ``blocks.6`` pair scores 1.000 / 0.985 and 0.960 / 0.976: the exporter folds that
+        pair's feature tap into ``blocks.6``'s last convolution, so ``blocks.5``-``blocks.6`` stay FP32
+        (:func:`~anomalib_dhkd.quantization.encoder_only_scope`), but their input carries the INT8 rounding below.
 
         Raises:
             ValueError: If no datamodule is given to calibrate on.
