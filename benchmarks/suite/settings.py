@@ -10,6 +10,7 @@ from typing import Any
 
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models.dhkd.presets import OFFLINE_BACKBONE, OFFLINE_LAYERS, offline_score_layers
+from anomalib_dhkd.models.dhkd.torch_model import encoder_layer_names
 
 MODELS = ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation")
 TRACKS = ("pretrained", "none")
@@ -94,8 +95,7 @@ class RunSettings:
     @property
     def encoder_layers(self) -> tuple[str, ...]:
         """Every layer the model's encoder extracts: ``layers``, then DHKD's extra ``score_layers`` (any depth)."""
-        score_layers = self.options.get("score_layers") or ()
-        return (*self.layers, *(layer for layer in score_layers if layer not in self.layers))
+        return tuple(encoder_layer_names(self.layers, self.options.get("score_layers") or ()))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunSettings":

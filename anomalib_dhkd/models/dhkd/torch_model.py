@@ -21,7 +21,7 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
     image score = mean of the top 1 % of the Gaussian-smoothed mean of z_k over `score_layers`
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import timm
@@ -71,6 +71,11 @@ def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFe
             "`python -m anomalib_dhkd.weights install`, or pre_trained=False."
         )
         raise RuntimeError(msg) from error
+
+
+def encoder_layer_names(layers: Sequence[str], score_layers: Sequence[str]) -> list[str]:
+    """Layers the encoder extracts: ``layers``, then the ``score_layers`` not among them."""
+    return list(dict.fromkeys([*layers, *score_layers]))
 
 
 def default_score_layers(layers: list[str], pre_trained: bool) -> list[str]:
@@ -133,10 +138,10 @@ class DhkdModel(nn.Module):
     ) -> None:
         super().__init__()
         self.score_layers = default_score_layers(layers, pre_trained) if score_layers is None else list(score_layers)
-        self.encoder = build_encoder(backbone, list(dict.fromkeys([*layers, *self.score_layers])), pre_trained)
-        encoder_layers = list(self.encoder.layers)
-        self.map_indices = [encoder_layers.index(layer) for layer in layers]
-        self.score_indices = [encoder_layers.index(layer) for layer in self.score_layers]
+        self.encoder = build_encoder(backbone, encoder_layer_names(layers, self.score_layers), pre_trained)
+        extracted = list(self.encoder.layers)
+        self.map_indices = [extracted.index(layer) for layer in layers]
+        self.score_indices = [extracted.index(layer) for layer in self.score_layers]
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
         self.teacher_noise_level = (
