@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.models import OFFLINE_SCORE_LAYERS
+from anomalib_dhkd.models import OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS
+from anomalib_dhkd.models.dhkd.presets import RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
 from benchmarks.suite.settings import EPOCHS, MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
 
@@ -138,14 +139,20 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
     defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    names = ("teacher_noise_level", "standardize_map", "noise_level", "score_fraction", "blur_sigma", "affinity_weight")
+    names = ("teacher_noise_level", "noise_level", "score_fraction", "affinity_weight", "flow_clamp")
     for name in names:
         assert options[name] == defaults[name]
+    for name in ("standardize_map", "blur_sigma", "score_blur_sigma"):  # the preset's, not the model's defaults
+        assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert "max_epochs" not in options
     assert not {"pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(options)
-    assert options["score_layers"] is None  # the model's default without ImageNet weights
+    assert options["score_layers"] == list(OFFLINE_LAYERS)  # the preset without ImageNet weights
+    none = run_settings("dhkd", "none", image_size=64, seed=0, quick=True)
+    assert none.layers == RANDOM_ENCODER_PRESET["layers"]
+    assert none.encoder_layers == ("blocks.2", "blocks.4", "blocks.1")
     pretrained = run_settings("dhkd", "pretrained", image_size=64, seed=0, quick=True)
+    assert pretrained.layers == OFFLINE_LAYERS
     assert pretrained.options["score_layers"] == list(OFFLINE_SCORE_LAYERS)
     assert pretrained.encoder_layers == ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 

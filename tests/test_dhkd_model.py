@@ -8,6 +8,7 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
+from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
@@ -172,8 +173,8 @@ def test_score_layers_get_their_own_pairs_and_only_enter_the_score() -> None:
         output = model(images)
         raw = model.discrepancies(model.extract_features(images))
     generator = model.anomaly_map_generator
-    torch.testing.assert_close(output.anomaly_map, generator.fuse(raw[:3], (64, 64)))
-    score_map = generator.fuse([model.position_statistics[i](raw[i]) for i in (3, 2)], (64, 64))
+    torch.testing.assert_close(output.anomaly_map, generator.blur(generator.fuse(raw[:3], (64, 64))))
+    score_map = generator.blur(generator.fuse([model.position_statistics[i](raw[i]) for i in (3, 2)], (64, 64)))
     torch.testing.assert_close(output.pred_score, top_fraction_mean(score_map, 0.01))
 
 
@@ -271,3 +272,32 @@ def test_missing_pretrained_weights_offline_give_an_actionable_error(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(RuntimeError, match=r"offline\. Use backbone='tf_efficientnet_lite0'"):
         DhkdModel(backbone="resnet18", layers=["layer1", "layer2", "layer3"], pre_trained=True)
+
+
+def test_score_map_is_smoothed_with_its_own_sigma() -> None:
+    """``score_sigma`` smooths only the map the image score is taken from; an equal one adds no module."""
+    torch.manual_seed(0)
+    maps = [torch.rand(2, 1, 8, 8), torch.rand(2, 1, 4, 4)]
+    generator = AnomalyMapGenerator(sigma=0, score_fraction=0.1, score_sigma=2.0)
+    anomaly_map, score = generator(maps, None, (16, 16))
+    fused = generator.fuse(maps, (16, 16))
+    torch.testing.assert_close(anomaly_map, fused)
+    torch.testing.assert_close(score, top_fraction_mean(generator.score_blur(fused), 0.1))
+    assert (score < top_fraction_mean(fused, 0.1)).all()  # smoothing lowers the peaks
+    same = AnomalyMapGenerator(sigma=4.0, score_sigma=4.0)
+    assert same.score_blur is None
+    assert list(same.state_dict()) == ["blur.kernel"]  # checkpoints without separate smoothing still load strictly
+
+
+def test_offline_preset_without_imagenet_weights_maps_two_raw_scales_and_scores_three() -> None:
+    model = offline_dhkd(image_size=64, pre_trained=False, condition_channels=8).model
+    assert list(model.encoder.layers) == ["blocks.1", "blocks.2", "blocks.4"]
+    assert (model.map_indices, model.score_indices, model.standardize_map) == ([1, 2], [0, 1, 2], False)
+    generator = model.anomaly_map_generator
+    kernel_sizes = (generator.blur.kernel.shape[-1], generator.score_blur.kernel.shape[-1])
+    assert kernel_sizes == (97, 33)  # +-4 sigma at sigma 12 and 4
+    with torch.no_grad():
+        model.eval().fit_position_statistics([torch.rand(2, 3, 64, 64)])
+        output = model(torch.rand(2, 3, 64, 64))
+    assert output.anomaly_map.shape == (2, 1, 64, 64)
+    assert torch.isfinite(output.pred_score).all()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.models.dhkd.presets import OFFLINE_BACKBONE, OFFLINE_LAYERS, offline_score_layers
+from anomalib_dhkd.models.dhkd.presets import OFFLINE_BACKBONE, offline_preset
 from anomalib_dhkd.models.dhkd.torch_model import encoder_layer_names
 
 MODELS = ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation")
@@ -55,9 +55,9 @@ QUICK_DHKD_WARMUP_EPOCHS = 0
 BACKBONES = dict.fromkeys(MODELS, OFFLINE_BACKBONE) | {"reverse_distillation": "resnet18"}
 # Feature layers: the tf_efficientnet_lite0 equivalents (same stride) of anomalib's defaults, among the layers timm
 # exposes (blocks.0/1/2/4/6 at strides 2/4/8/16/32). CFlow's default layer2-4 would be blocks.2/4/6; blocks.6 has
-# 320 channels and made CFlow's training twice as slow, so CFlow uses DHKD's blocks.1/2/4.
+# 320 channels and made CFlow's training twice as slow, so CFlow uses blocks.1/2/4. DHKD's layers are its offline
+# preset's, which depend on the track (anomalib_dhkd.models.dhkd.presets.offline_preset).
 LAYERS = {
-    "dhkd": OFFLINE_LAYERS,
     "padim": ("blocks.1", "blocks.2", "blocks.4"),  # anomalib: layer1-3
     "patchcore": ("blocks.2", "blocks.4"),  # anomalib: layer2-3
     "cflow": ("blocks.1", "blocks.2", "blocks.4"),  # anomalib: layer2-4
@@ -128,17 +128,19 @@ def run_settings(
 ) -> RunSettings:
     """Settings of ``model`` in ``track``; ``layers`` replaces the model's default layers."""
     options = dict(MODEL_OPTIONS.get(model, {}))
+    default_layers = LAYERS.get(model)
     if model == "dhkd":
-        options |= dhkd_hyperparameters()
+        preset = offline_preset(pre_trained=track == "pretrained")
+        default_layers = preset.pop("layers")
+        options |= dhkd_hyperparameters() | preset
+        options["score_layers"] = list(preset["score_layers"])
         options["teacher_warmup_epochs"] = QUICK_DHKD_WARMUP_EPOCHS if quick else DHKD_WARMUP_EPOCHS
-        score_layers = offline_score_layers(pre_trained=track == "pretrained")
-        options["score_layers"] = None if score_layers is None else list(score_layers)
     return RunSettings(
         epochs=(QUICK_EPOCHS if quick else EPOCHS)[model],
         image_size=image_size,
         seed=seed,
         backbone=BACKBONES[model],
-        layers=layers or LAYERS[model],
+        layers=layers or default_layers,
         pre_trained=track == "pretrained" and model not in WITHOUT_WEIGHTS,
         batch_size=BATCH_SIZE,
         eval_batch_size=EVAL_BATCH_SIZE,

@@ -41,28 +41,38 @@ def squared_discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (student - teacher).pow(2).mean(dim=1, keepdim=True)
 
 
+def gaussian_blur(sigma: float) -> nn.Module:
+    """Gaussian smoothing of one-channel maps with a kernel of +-4 sigma; ``sigma = 0``: none."""
+    if sigma <= 0:
+        return nn.Identity()
+    return GaussianBlur2d(sigma=sigma, channels=1, kernel_size=2 * int(4.0 * sigma + 0.5) + 1)
+
+
 class AnomalyMapGenerator(nn.Module):
     """Fuse per-scale discrepancy maps into one smoothed anomaly map, and score images by their score scales.
 
     Args:
-        sigma: Standard deviation of the Gaussian smoothing in pixels; ``0`` disables smoothing.
+        sigma: Standard deviation of the Gaussian smoothing of the anomaly map in pixels; ``0`` disables smoothing.
         score_fraction: Share of the score map's highest values averaged into the image score, in ``(0, 1]``.
+        score_sigma: Smoothing of the map the image score is taken from; ``None``: ``sigma``.
 
     """
 
-    def __init__(self, sigma: float = 4.0, score_fraction: float = 0.01) -> None:
+    def __init__(self, sigma: float = 4.0, score_fraction: float = 0.01, score_sigma: float | None = None) -> None:
         super().__init__()
         if not 0 < score_fraction <= 1:
             msg = f"score_fraction must be in (0, 1], got {score_fraction}."
             raise ValueError(msg)
-        kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-        self.blur = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=kernel_size) if sigma > 0 else nn.Identity()
+        self.blur = gaussian_blur(sigma)
+        # A separate module only when it differs: checkpoints of models without one keep loading strictly.
+        self.score_blur = None if score_sigma is None or score_sigma == sigma else gaussian_blur(score_sigma)
         self.score_fraction = score_fraction
 
-    def fuse(self, maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        """Smoothed mean of ``maps`` ``(N, 1, h_k, w_k)``, each bilinearly upsampled to ``image_size``."""
+    @staticmethod
+    def fuse(maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Mean of ``maps`` ``(N, 1, h_k, w_k)``, each bilinearly upsampled to ``image_size``."""
         upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
-        return self.blur(torch.stack(upsampled).mean(dim=0))
+        return torch.stack(upsampled).mean(dim=0)
 
     def forward(
         self,
@@ -75,10 +85,15 @@ class AnomalyMapGenerator(nn.Module):
         Args:
             map_scales: Per-scale maps ``(N, 1, h_k, w_k)`` fused into the anomaly map.
             score_scales: Per-scale maps fused the same way into the map the image score is taken from; ``None``:
-                the score is taken from the anomaly map itself.
+                the ``map_scales``.
             image_size: Output size of the anomaly map.
 
         """
-        anomaly_map = self.fuse(map_scales, image_size)
-        score_map = anomaly_map if score_scales is None else self.fuse(score_scales, image_size)
+        fused_map = self.fuse(map_scales, image_size)
+        anomaly_map = self.blur(fused_map)
+        if score_scales is None and self.score_blur is None:
+            score_map = anomaly_map
+        else:
+            fused_score = fused_map if score_scales is None else self.fuse(score_scales, image_size)
+            score_map = (self.score_blur or self.blur)(fused_score)
         return anomaly_map, top_fraction_mean(score_map, self.score_fraction)

@@ -116,6 +116,9 @@ class Dhkd(AnomalibModule):
         affinity_weight: Weight of the teacher-student affinity loss. Defaults to ``1.0``.
         jacobian_weight: Weight of the teacher's log-determinant regulariser. Defaults to ``0.01``.
         blur_sigma: Gaussian smoothing of the anomaly map in pixels. Defaults to ``4.0``.
+        score_blur_sigma: Gaussian smoothing of the map the image score is taken from; ``None``: ``blur_sigma``. A
+            random encoder's map gains from heavier smoothing than its score does (see
+            :data:`~anomalib_dhkd.models.dhkd.presets.RANDOM_ENCODER_PRESET`). Defaults to ``None``.
         score_fraction: The image score is the mean of this share of the highest values of the smoothed score map
             (``score_layers``; our choice, the paper does not say). 4 epochs, seed 0, image AUROC with the maximum
             of the fused map and with the top 1 % of the deepest scale, re-scoring one trained model: Magnetic Tile
@@ -155,6 +158,7 @@ class Dhkd(AnomalibModule):
         affinity_weight: float = 1.0,
         jacobian_weight: float = 0.01,
         blur_sigma: float = 4.0,
+        score_blur_sigma: float | None = None,
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
         learning_rate: float = 1e-3,
@@ -193,6 +197,7 @@ class Dhkd(AnomalibModule):
             noise_level=noise_level,
             teacher_noise_level=teacher_noise_level,
             blur_sigma=blur_sigma,
+            score_blur_sigma=score_blur_sigma,
             score_fraction=score_fraction,
             standardize_map=standardize_map,
         )

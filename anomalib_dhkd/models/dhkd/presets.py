@@ -14,23 +14,40 @@ OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 # timm exposes only blocks.0/1/2/4/6 of tf_efficientnet_lite0 as feature layers (strides 2, 4, 8, 16, 32).
 OFFLINE_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 # With ImageNet weights the image score adds the stride-32 blocks.6 to the map's deepest layer (see Dhkd's
-# score_layers); without them the model's default, all of OFFLINE_LAYERS, scores better.
+# score_layers).
 OFFLINE_SCORE_LAYERS = ("blocks.4", "blocks.6")
+# Without ImageNet weights the same three pairs are trained, but the map leaves out the stride-4 blocks.1, whose
+# random features respond to normal texture, and fuses raw discrepancies smoothed more; the image score keeps all
+# three standardised scales and the default smoothing. See RANDOM_ENCODER_PRESET's measurements in the model README.
+RANDOM_ENCODER_PRESET: dict[str, Any] = {
+    "layers": ("blocks.2", "blocks.4"),
+    "score_layers": OFFLINE_LAYERS,
+    "standardize_map": False,
+    "blur_sigma": 12.0,
+    "score_blur_sigma": 4.0,
+}
+
+
+def offline_preset(pre_trained: bool) -> dict[str, Any]:
+    """Layers and scoring of the offline preset, for an encoder with or without ImageNet weights."""
+    if pre_trained:
+        return {"layers": OFFLINE_LAYERS, "score_layers": OFFLINE_SCORE_LAYERS}
+    return dict(RANDOM_ENCODER_PRESET)
 
 
 def offline_dhkd(image_size: int = 256, pre_trained: bool = True, **overrides: Any) -> Dhkd:
     """Build DHKD on ``tf_efficientnet_lite0``, the backbone with offline weights.
 
-    The anomaly map comes from :data:`OFFLINE_LAYERS`; with ImageNet weights the image score from
-    :data:`OFFLINE_SCORE_LAYERS`, without them from the model's default.
+    With ImageNet weights the anomaly map comes from :data:`OFFLINE_LAYERS` and the image score from
+    :data:`OFFLINE_SCORE_LAYERS`; without them the layers and scoring are :data:`RANDOM_ENCODER_PRESET`'s
+    (:func:`offline_preset`).
 
     The ImageNet weights come from the local Hugging Face cache (``python -m anomalib_dhkd.weights install``).
 
     Args:
         image_size: Side of the square model input in pixels.
         pre_trained: Load the ImageNet weights into the encoder.
-        **overrides: Further :class:`Dhkd` arguments, e.g. ``max_epochs``; they win over the preset's (``layers``,
-            ``score_layers``).
+        **overrides: Further :class:`Dhkd` arguments, e.g. ``max_epochs``; they win over the preset's.
 
     Returns:
         The model, with a pre-processor that resizes to ``image_size`` and normalises with the backbone's statistics.
@@ -38,14 +55,8 @@ def offline_dhkd(image_size: int = 256, pre_trained: bool = True, **overrides: A
     """
     arguments = {
         "backbone": OFFLINE_BACKBONE,
-        "layers": OFFLINE_LAYERS,
         "pre_trained": pre_trained,
-        "score_layers": offline_score_layers(pre_trained),
+        **offline_preset(pre_trained),
         "pre_processor": Dhkd.configure_pre_processor((image_size, image_size), OFFLINE_BACKBONE),
     }
     return Dhkd(**{**arguments, **overrides})
-
-
-def offline_score_layers(pre_trained: bool) -> tuple[str, ...] | None:
-    """Return the preset's ``score_layers``: :data:`OFFLINE_SCORE_LAYERS` with ImageNet weights, else ``None``."""
-    return OFFLINE_SCORE_LAYERS if pre_trained else None

@@ -17,8 +17,8 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
     student:  S_k = Student_k(x_k + noise)  (training)      (dual-domain spatial + frequency blocks)
               S_k = Student_k(x_k)          (inference)
     d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
-    anomaly map = Gaussian-smoothed mean of d_k over `layers` (of z_k with standardize_map)
-    image score = mean of the top 1 % of the Gaussian-smoothed mean of z_k over `score_layers`
+    anomaly map = Gaussian-smoothed (blur_sigma) mean of d_k over `layers` (of z_k with standardize_map)
+    image score = mean of the top 1 % of the Gaussian-smoothed (score_blur_sigma) mean of z_k over `score_layers`
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -107,6 +107,7 @@ class DhkdModel(nn.Module):
         teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise;
             ``None``: 0.3 with ImageNet weights, 0 without (:data:`DEFAULT_TEACHER_NOISE_LEVEL`).
         blur_sigma: Gaussian smoothing of the anomaly map in pixels.
+        score_blur_sigma: Gaussian smoothing of the map the image score is taken from; ``None``: ``blur_sigma``.
         score_fraction: Share of the highest values of the smoothed score map averaged into the image score.
         standardize_map: Fuse the per-position standardised discrepancies into the anomaly map instead of the raw
             ones; ``None``: only without ImageNet weights.
@@ -133,6 +134,7 @@ class DhkdModel(nn.Module):
         noise_level: float = 0.5,
         teacher_noise_level: float | None = None,
         blur_sigma: float = 4.0,
+        score_blur_sigma: float | None = None,
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
     ) -> None:
@@ -154,7 +156,9 @@ class DhkdModel(nn.Module):
         )
         self.students = nn.ModuleList(DualDomainStudent(c, student_blocks) for c in channels)
         self.position_statistics = nn.ModuleList(PositionStandardizer() for _ in channels)
-        self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_fraction=score_fraction)
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            sigma=blur_sigma, score_fraction=score_fraction, score_sigma=score_blur_sigma
+        )
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen encoder features, standardised per channel with running statistics of the training data."""
