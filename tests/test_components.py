@@ -1,7 +1,8 @@
-"""Shared building blocks: Fourier transforms, dual-domain blocks, flow teacher, affinity loss, noise, statistics."""
+"""Shared building blocks: Fourier transforms, dual-domain blocks, flow, affinity loss, noise, statistics, smoothing."""
 
 import pytest
 import torch
+from anomalib.models.components import GaussianBlur2d
 
 from anomalib_dhkd.components import (
     AffinityLoss,
@@ -9,6 +10,7 @@ from anomalib_dhkd.components import (
     DualDomainBlock,
     DualDomainStudent,
     FrequencyFilter,
+    GaussianBlur,
     PositionStandardizer,
     add_feature_noise,
     affinity_matrix,
@@ -145,3 +147,25 @@ def test_position_standardizer_floors_the_std_and_loads_fitted_statistics() -> N
     fresh.load_state_dict(standardizer.state_dict())
     probe = torch.rand(3, 1, 4, 4)
     torch.testing.assert_close(fresh(probe), standardizer(probe))
+
+
+@pytest.mark.parametrize("sigma", [1.5, 12.0])
+def test_gaussian_blur_equals_anomalibs_2d_blur_and_preserves_mass(sigma: float) -> None:
+    torch.manual_seed(0)
+    maps = torch.rand(2, 3, 64, 80)
+    blur = GaussianBlur(sigma)
+    kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
+    torch.testing.assert_close(blur(maps), GaussianBlur2d(sigma, channels=3, kernel_size=kernel_size)(maps))
+    constant = torch.full((1, 1, 64, 80), 0.7)
+    torch.testing.assert_close(blur(constant), constant)  # a normalised kernel with a reflected border
+    assert blur(maps).std() < maps.std()
+
+
+def test_gaussian_blur_saves_no_kernel_and_drops_a_saved_one() -> None:
+    blur = GaussianBlur(4.0)
+    assert blur.kernel.shape == (1, 33)
+    assert not blur.state_dict()
+    blur.load_state_dict({"kernel": torch.zeros(1, 1, 33, 33)}, strict=True)  # written by GaussianBlur2d
+    assert blur.kernel.sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        GaussianBlur(0.0)

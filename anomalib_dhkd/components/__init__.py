@@ -6,6 +6,7 @@ from anomalib_dhkd.components.flow import ConvFlow, flow_negative_log_likelihood
 from anomalib_dhkd.components.fourier import irfft2, rfft2
 from anomalib_dhkd.components.noise import add_feature_noise
 from anomalib_dhkd.components.position_statistics import PositionStandardizer, map_moments
+from anomalib_dhkd.components.smoothing import GaussianBlur
 
 __all__ = [
     "AffinityLoss",
@@ -13,6 +14,7 @@ __all__ = [
     "DualDomainBlock",
     "DualDomainStudent",
     "FrequencyFilter",
+    "GaussianBlur",
     "PositionStandardizer",
     "add_feature_noise",
     "affinity_matrix",

@@ -25,8 +25,9 @@ standardised scales, 0.921 and 0.991, so the default scores on all of ``layers``
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
+
+from anomalib_dhkd.components import GaussianBlur
 
 
 def top_fraction_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -42,10 +43,8 @@ def squared_discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 
 
 def gaussian_blur(sigma: float) -> nn.Module:
-    """Gaussian smoothing of one-channel maps with a kernel of +-4 sigma; ``sigma = 0``: none."""
-    if sigma <= 0:
-        return nn.Identity()
-    return GaussianBlur2d(sigma=sigma, channels=1, kernel_size=2 * int(4.0 * sigma + 0.5) + 1)
+    """Gaussian smoothing (:class:`~anomalib_dhkd.components.GaussianBlur`); ``sigma = 0``: none."""
+    return GaussianBlur(sigma) if sigma > 0 else nn.Identity()
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -64,7 +63,7 @@ class AnomalyMapGenerator(nn.Module):
             msg = f"score_fraction must be in (0, 1], got {score_fraction}."
             raise ValueError(msg)
         self.blur = gaussian_blur(sigma)
-        # A separate module only when it differs: checkpoints of models without one keep loading strictly.
+        # A separate module only when it differs, so the same smoothing is not computed twice.
         self.score_blur = None if score_sigma is None or score_sigma == sigma else gaussian_blur(score_sigma)
         self.score_fraction = score_fraction
 
