@@ -287,6 +287,8 @@ def test_score_map_is_smoothed_with_its_own_sigma() -> None:
     same = AnomalyMapGenerator(sigma=4.0, score_sigma=4.0)
     assert same.score_blur is None
     assert not same.state_dict()  # kernels follow from sigma and are not saved
+    older = {"blur.kernel": torch.ones(1, 1, 33, 33), "score_blur.kernel": torch.ones(1, 1, 97, 97)}
+    AnomalyMapGenerator(sigma=4.0, score_sigma=12.0).load_state_dict(older, strict=True)  # saved by GaussianBlur2d
 
 
 def test_offline_preset_without_imagenet_weights_maps_two_raw_scales_and_scores_three() -> None:
