@@ -3,6 +3,7 @@
 from typing import Any
 
 import torch
+from anomalib.models.components.filters.blur import compute_kernel_size
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import nn
 
@@ -29,8 +30,7 @@ class GaussianBlur(nn.Module):
             raise ValueError(msg)
         self.sigma = sigma
         self.kernel: torch.Tensor
-        kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-        self.register_buffer("kernel", get_gaussian_kernel1d(kernel_size, sigma), persistent=False)
+        self.register_buffer("kernel", get_gaussian_kernel1d(compute_kernel_size(sigma), sigma), persistent=False)
         self.register_load_state_dict_pre_hook(_drop_saved_kernel)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
