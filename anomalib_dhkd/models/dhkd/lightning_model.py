@@ -103,7 +103,8 @@ class Dhkd(AnomalibModule):
             AUROC from 0.966 to 0.977 and PRO from 0.861 to 0.896. Defaults to ``64``.
         student_blocks: Dual-domain reconstruction blocks per student. Defaults to ``2``.
         noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
-            each channel's standard deviation. Defaults to ``0.5``.
+            each channel's standard deviation. A random encoder gains from more (``RANDOM_ENCODER_PRESET`` uses
+            ``1.0``); with ImageNet weights more trades pixel AUROC for PRO (model README). Defaults to ``0.5``.
         teacher_noise_level: Standard deviation of the dequantisation noise added to the teacher's
             maximum-likelihood input, relative likewise; the student still distils the teacher's latent of the clean
             features. Our choice (dequantisation, as in density models), not the paper's. 4 epochs, seed 0, image /
