@@ -99,6 +99,8 @@ def test_checkpoint_reload_gives_identical_scores(trained_tiny: tuple[Engine, Dh
     engine.trainer.save_checkpoint(checkpoint)
     reloaded = Dhkd.load_from_checkpoint(checkpoint)
     assert reloaded.hparams["flow_blocks"] == 2
+    reloaded_weights = [m.weight for m in reloaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in reloaded_weights)
     images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         expected, actual = model.eval()(images), reloaded.eval()(images)

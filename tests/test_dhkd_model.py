@@ -69,6 +69,15 @@ def test_inference_returns_map_and_score_at_input_size(model: DhkdModel) -> None
     assert (output.anomaly_map >= 0).all()
 
 
+def test_convolutions_run_channels_last(model: DhkdModel) -> None:
+    """Weights are channels-last (faster on CPU and GPU), so the activations after them are too."""
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    output = model.train()(torch.rand(2, 3, 64, 64))
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in output.student_latents)
+
+
 def test_unknown_layer_is_an_error_not_a_warning() -> None:
     with pytest.raises(ValueError, match=r"no feature layer\(s\) \['blocks.3'\].*blocks.4"):
         DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.3"], pre_trained=False)

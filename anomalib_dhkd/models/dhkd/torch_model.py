@@ -159,6 +159,11 @@ class DhkdModel(nn.Module):
         self.anomaly_map_generator = AnomalyMapGenerator(
             sigma=blur_sigma, score_fraction=score_fraction, score_sigma=score_blur_sigma
         )
+        # Channels-last weights make every convolution, and the activations after it, channels-last (oneDNN on CPU,
+        # cuDNN on GPU). On 2 CPU cores a training step then took 10 to 20 % less time and inference 20 to 30 %
+        # less, with outputs equal to 1e-5; converting only the inputs did not help (FFT, padding and concatenation
+        # return contiguous tensors).
+        self.to(memory_format=torch.channels_last)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen encoder features, standardised per channel with running statistics of the training data."""
