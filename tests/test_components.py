@@ -120,6 +120,15 @@ def test_feature_noise_is_relative_to_channel_scale() -> None:
         add_feature_noise(features, -1.0)
 
 
+def test_feature_noise_of_a_seed_does_not_depend_on_memory_layout() -> None:
+    features = torch.randn(2, 3, 4, 5)
+    torch.manual_seed(1)
+    contiguous = add_feature_noise(features, 0.5)
+    torch.manual_seed(1)
+    channels_last = add_feature_noise(features.contiguous(memory_format=torch.channels_last), 0.5)
+    torch.testing.assert_close(channels_last, contiguous)
+
+
 def test_position_standardizer_is_identity_until_fitted_then_standardises_each_position() -> None:
     torch.manual_seed(0)
     standardizer = PositionStandardizer()

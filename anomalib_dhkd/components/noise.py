@@ -23,4 +23,7 @@ def add_feature_noise(features: torch.Tensor, level: float) -> torch.Tensor:
     if level == 0:
         return features
     channel_std = features.detach().std(dim=(0, 2, 3), keepdim=True) if features.numel() > features.shape[1] else 1.0
-    return features + level * channel_std * torch.randn_like(features)
+    # Drawn in (N, C, H, W) order, not with randn_like, which fills a channels-last tensor in memory order: the same
+    # seed then gives the same noise whatever the memory layout.
+    noise = torch.randn(features.shape, dtype=features.dtype, device=features.device)
+    return features + level * channel_std * noise
