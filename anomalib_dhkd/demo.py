@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     seed_everything(args.seed, workers=True)
     root, category = resolve_dataset(args.data, args.out, args.seed)
     install_efficientnet_lite0()
-    model = offline_dhkd(args.image_size, max_epochs=args.epochs, teacher_warmup_epochs=min(2, args.epochs - 1))
+    # Half the epochs train the teacher, the other half the student alone; a single epoch trains both together.
+    warmup = args.epochs // 2
+    model = offline_dhkd(
+        args.image_size, max_epochs=args.epochs, teacher_warmup_epochs=warmup, freeze_teacher=warmup > 0
+    )
     datamodule = MVTecAD(root=root, category=category, train_batch_size=8, eval_batch_size=8, num_workers=2)
     engine = Engine(default_root_dir=args.out / "runs", logger=False)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
+from lightning.pytorch import Callback
 
 from anomalib_dhkd import Dhkd
 
@@ -59,6 +60,33 @@ def test_trainer_arguments_carry_epochs_and_clipping(trained_tiny: tuple[Engine,
     assert engine.trainer.current_epoch == 2
     assert engine.trainer.gradient_clip_val == 1.0
     assert model.training_student
+
+
+class WeightsAfterWarmup(Callback):
+    """Keep copies of the teacher and student weights at the end of the first (warm-up) epoch."""
+
+    def on_train_epoch_end(self, trainer, pl_module: Dhkd) -> None:
+        if trainer.current_epoch == 0:
+            self.teachers = copy.deepcopy(pl_module.model.teachers.state_dict())
+            self.students = copy.deepcopy(pl_module.model.students.state_dict())
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(value, module.state_dict()[name]) for name, value in before.items())
+
+
+@pytest.mark.parametrize("freeze_teacher", [True, False])
+def test_teacher_trains_after_the_warmup_only_without_freeze_teacher(
+    texture_root: Path, tmp_path: Path, freeze_teacher: bool
+) -> None:
+    warmup = WeightsAfterWarmup()
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[warmup])
+    model = tiny_dhkd(freeze_teacher=freeze_teacher)
+    data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine.fit(model=model, datamodule=data)
+    assert model.training_teacher is not freeze_teacher
+    assert changed(warmup.teachers, model.model.teachers) is not freeze_teacher
+    assert changed(warmup.students, model.model.students)
 
 
 def test_fit_leaves_position_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
@@ -145,7 +173,9 @@ def test_export_torch_onnx_openvino_match_eager(trained_tiny: tuple[Engine, Dhkd
 
 
 def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
-    config = write_tiny_config(tmp_path / "dhkd.yaml", flow_blocks=1, max_epochs=1, teacher_warmup_epochs=0)
+    config = write_tiny_config(
+        tmp_path / "dhkd.yaml", flow_blocks=1, max_epochs=1, teacher_warmup_epochs=0, freeze_teacher=False
+    )
     command = [
         anomalib_cli(),
         "train",

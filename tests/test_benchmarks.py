@@ -17,7 +17,15 @@ from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models import OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS
 from anomalib_dhkd.models.dhkd.presets import RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
-from benchmarks.suite.settings import EPOCHS, MEASUREMENTS, METRICS, MODELS, SHARED_DATA, run_settings
+from benchmarks.suite.settings import (
+    DHKD_WARMUP_EPOCHS,
+    EPOCHS,
+    MEASUREMENTS,
+    METRICS,
+    MODELS,
+    SHARED_DATA,
+    run_settings,
+)
 
 from .conftest import shared_category
 
@@ -145,6 +153,10 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma"):  # the preset's, not the defaults
         assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
+    assert options["freeze_teacher"] is False  # no warm-up: teacher and student train together
+    full = run_settings("dhkd", "pretrained", image_size=256, seed=0, quick=False)
+    assert full.options["teacher_warmup_epochs"] == DHKD_WARMUP_EPOCHS < full.epochs
+    assert full.options["freeze_teacher"] is True
     assert "max_epochs" not in options
     assert not {"pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(options)
     assert options["score_layers"] == list(OFFLINE_LAYERS)  # the preset without ImageNet weights
@@ -217,6 +229,7 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
     if config.stem == "dhkd":
         assert type(model) is Dhkd
         assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else EPOCHS["dhkd"])
+        assert model.freeze_teacher is (config.parent.name != "quick")
         assert model.model.score_layers == list(OFFLINE_SCORE_LAYERS)
     else:
         assert type(model).__name__.lower() == config.stem.replace("_", "")

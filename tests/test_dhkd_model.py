@@ -11,7 +11,7 @@ from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
-from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput
+from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput, flow_condition_channels
 
 from .conftest import TINY_BACKBONE
 
@@ -94,6 +94,34 @@ def test_loss_skips_student_terms_during_teacher_warmup(model: DhkdModel) -> Non
     warmup.total.backward()
     assert all(p.grad is None for p in model.students.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.teachers.parameters())
+
+
+def test_frozen_teacher_gets_no_gradient_and_sets_clean_targets(model: DhkdModel) -> None:
+    """With the teacher frozen, one gradient-free teacher pass gives the targets, and only the students learn."""
+    images = torch.rand(2, 3, 64, 64)
+    output = model.train()(images, train_teacher=False)
+    features = model.extract_features(images)
+    outputs = zip(output.teacher_latents, output.teacher_targets, model.teachers, features, strict=True)
+    for latent, target, teacher, f in outputs:
+        assert target is latent
+        torch.testing.assert_close(latent, teacher(f)[0])
+    terms = DhkdLoss()(*output, train_teacher=False)
+    torch.testing.assert_close(terms.total, terms.distillation + terms.affinity)
+    assert terms.nll.isfinite()
+    model.zero_grad()
+    terms.total.backward()
+    assert all(p.grad is None for p in model.teachers.parameters())
+    assert all(p.grad is not None for p in model.students.parameters())
+    with pytest.raises(ValueError, match="teacher and student"):
+        DhkdLoss()(*output, train_teacher=False, train_student=False)
+
+
+def test_flow_condition_is_capped_at_the_feature_channels() -> None:
+    model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.4"], pre_trained=False)
+    assert list(model.encoder.out_dims) == [24, 112]
+    assert [t.condition_channels for t in model.teachers] == [24, 64]
+    assert [flow_condition_channels(c, 64) for c in (3, 4, 30, 64, 320)] == [0, 4, 28, 64, 64]
+    assert flow_condition_channels(320, 0) == 0
 
 
 def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
@@ -217,6 +245,11 @@ def test_top_fraction_mean_averages_the_highest_values() -> None:
 def test_invalid_schedule_is_rejected() -> None:
     with pytest.raises(ValueError, match="teacher_warmup_epochs"):
         Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=5, max_epochs=5)
+    with pytest.raises(ValueError, match="freeze_teacher=True needs teacher_warmup_epochs >= 1"):
+        Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=0)
+    joint = Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=0, freeze_teacher=False)
+    assert joint.training_teacher
+    assert joint.training_student
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:

@@ -6,8 +6,10 @@ map. See :mod:`anomalib_dhkd.models.dhkd.torch_model` for the architecture and
 :mod:`anomalib_dhkd.models.dhkd.loss` for the objective.
 
 Training schedule: for the first ``teacher_warmup_epochs`` epochs only the teacher is trained (maximum
-likelihood), so that the student never distils a random flow; after that teacher and student train jointly, the
-student against the detached teacher latent. Before each validation of a fit, one pass over the training images fits
+likelihood), so that the student never distils a random flow. After that, with ``freeze_teacher`` (the default), the
+teacher is frozen and only the student is distilled against its latents, in two stages as AST (Rudolph et al., WACV
+2023) trains its flow teacher before its student; without it, teacher and student train jointly, the student against
+the detached teacher latent. Before each validation of a fit, one pass over the training images fits
 the per-position discrepancy statistics that standardise the image score (and, optionally, the map), so that the
 post-processor's thresholds are fitted on the scores the model will give. ``max_epochs`` is a model argument
 because anomalib applies the model's ``trainer_arguments`` over the trainer's (``anomalib benchmark`` passes no
@@ -132,6 +134,13 @@ class Dhkd(AnomalibModule):
             and 0.785 / 0.646. ``None`` standardises without ImageNet weights only. Defaults to ``None``.
         learning_rate: Adam learning rate. Defaults to ``1e-3``.
         teacher_warmup_epochs: Epochs during which only the teacher trains. Defaults to ``2``.
+        freeze_teacher: Freeze the teacher after the warm-up and train only the student (two-stage training);
+            ``False`` trains both jointly after the warm-up. A frozen teacher costs one gradient-free pass per step
+            instead of two passes and a backward pass. EfficientNet-Lite0 with ImageNet weights, seed 0, image AUROC /
+            pixel AUROC / PRO and training seconds on 2 CPU cores: Magnetic Tile, 4 teacher + 4 student epochs
+            0.934 / 0.760 / 0.739 in 563 s, against 1 + 5 joint epochs' 0.927 / 0.756 / 0.754 in 774 s; MVTec
+            bottle, 2 + 4 epochs 1.000 / 0.985 / 0.946 in 124 s, against the same figures in 210 s. Needs
+            ``teacher_warmup_epochs >= 1``. Defaults to ``True``.
         max_epochs: Training epochs (teacher warm-up included). Defaults to ``10``.
         pre_processor: Pre-processor, or ``True`` for the default: resize to 256 px and normalise with the
             backbone's pretrained mean and standard deviation. Defaults to ``True``.
@@ -164,6 +173,7 @@ class Dhkd(AnomalibModule):
         standardize_map: bool | None = None,
         learning_rate: float = 1e-3,
         teacher_warmup_epochs: int = 2,
+        freeze_teacher: bool = True,
         max_epochs: int = 10,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -181,9 +191,13 @@ class Dhkd(AnomalibModule):
         if not 0 <= teacher_warmup_epochs < max_epochs:
             msg = f"teacher_warmup_epochs must be in [0, max_epochs), got {teacher_warmup_epochs} and {max_epochs}."
             raise ValueError(msg)
+        if freeze_teacher and teacher_warmup_epochs == 0:
+            msg = "freeze_teacher=True needs teacher_warmup_epochs >= 1, or the teacher never trains; set one of them."
+            raise ValueError(msg)
         self.learning_rate = learning_rate
         self._statistics_step: int | None = None  # global step at which the position statistics were fitted
         self.teacher_warmup_epochs = teacher_warmup_epochs
+        self.freeze_teacher = freeze_teacher
         self.max_epochs = max_epochs
         self.model = DhkdModel(
             backbone=backbone,
@@ -236,6 +250,11 @@ class Dhkd(AnomalibModule):
         """Whether the teacher warm-up is over and the student is being distilled."""
         return self.current_epoch >= self.teacher_warmup_epochs
 
+    @property
+    def training_teacher(self) -> bool:
+        """Whether the teacher is being trained: always, or only during the warm-up with ``freeze_teacher``."""
+        return not self.freeze_teacher or self.current_epoch < self.teacher_warmup_epochs
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Compute the DHKD loss of a batch of normal images.
 
@@ -246,7 +265,8 @@ class Dhkd(AnomalibModule):
         """
         del args, kwargs  # These variables are not used.
         check_finite_images(batch)
-        terms = self.loss(*self.model(batch.image), train_student=self.training_student)
+        outputs = self.model(batch.image, train_teacher=self.training_teacher)
+        terms = self.loss(*outputs, train_student=self.training_student, train_teacher=self.training_teacher)
         for name, value in terms._asdict().items():
             if not math.isfinite(value.item()):
                 msg = (
@@ -341,6 +361,8 @@ class Dhkd(AnomalibModule):
 
     def setup(self, stage: str) -> None:
         """Let DDP tolerate the students' parameters, which get no gradient during the teacher warm-up.
+
+        The teachers' parameters get none once they are frozen, which needs a warm-up too.
 
         Without ``find_unused_parameters``, ``--trainer.strategy ddp`` stops at the first step of the warm-up.
         """

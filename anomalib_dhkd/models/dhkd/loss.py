@@ -11,7 +11,8 @@
 * ``L_aff``: the teacher-student affinity loss (spatial self-similarity matrices, see
   :class:`anomalib_dhkd.components.AffinityLoss`).
 
-During the teacher warm-up only the teacher terms are used (see :class:`anomalib_dhkd.models.dhkd.Dhkd`).
+During the teacher warm-up only the teacher terms are used, and once the teacher is frozen only the student terms
+(see :class:`anomalib_dhkd.models.dhkd.Dhkd`).
 """
 
 from typing import NamedTuple
@@ -62,6 +63,7 @@ class DhkdLoss(nn.Module):
         student_latents: list[torch.Tensor],
         teacher_targets: list[torch.Tensor],
         train_student: bool = True,
+        train_teacher: bool = True,
     ) -> DhkdLossTerms:
         """Compute the loss over all scales.
 
@@ -71,8 +73,15 @@ class DhkdLoss(nn.Module):
             student_latents: Per-scale student predictions from the noisy features.
             teacher_targets: Per-scale teacher latents of the clean features, the student's targets.
             train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
+            train_teacher: ``False`` once the teacher is frozen: the teacher terms are reported but not added.
+
+        Raises:
+            ValueError: If neither the teacher nor the student trains.
 
         """
+        if not (train_teacher or train_student):
+            msg = "At least one of teacher and student must train."
+            raise ValueError(msg)
         nll = torch.stack([flow_negative_log_likelihood(z, j) for z, j in zip(teacher_latents, log_dets, strict=True)])
         jacobian = torch.stack(
             [(j / z[0].numel()).pow(2).mean() for z, j in zip(teacher_latents, log_dets, strict=True)]
@@ -80,7 +89,7 @@ class DhkdLoss(nn.Module):
         targets = [z.detach() for z in teacher_targets]
         distillation = torch.stack([F.mse_loss(s, t) for s, t in zip(student_latents, targets, strict=True)]).mean()
         affinity = self.affinity(student_latents, targets)
-        total = nll.mean() + self.jacobian_weight * jacobian.mean()
-        if train_student:
-            total = total + self.distillation_weight * distillation + self.affinity_weight * affinity
+        teacher_terms = nll.mean() + self.jacobian_weight * jacobian.mean()
+        student_terms = self.distillation_weight * distillation + self.affinity_weight * affinity
+        total = (teacher_terms if train_teacher else 0) + (student_terms if train_student else 0)
         return DhkdLossTerms(total, nll.mean(), jacobian.mean(), distillation, affinity)
