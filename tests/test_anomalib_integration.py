@@ -1,5 +1,6 @@
 """DHKD through anomalib itself: registration, Engine fit/validate/test/predict, checkpoints, export and CLI."""
 
+import collections
 import copy
 import subprocess
 import sys
@@ -63,7 +64,16 @@ def test_trainer_arguments_carry_epochs_and_clipping(trained_tiny: tuple[Engine,
 
 
 class WeightsAfterWarmup(Callback):
-    """Keep copies of the teacher and student weights at the end of the first (warm-up) epoch."""
+    """Keep copies of the teacher and student weights at the end of the first (warm-up) epoch; count student runs."""
+
+    def on_train_start(self, trainer, pl_module: Dhkd) -> None:
+        self.student_runs = collections.Counter()  # training-mode forward passes of a student, by epoch
+
+        def count(student: torch.nn.Module, _: tuple) -> None:
+            if student.training:
+                self.student_runs.update([trainer.current_epoch])
+
+        pl_module.model.students[0].register_forward_pre_hook(count)
 
     def on_train_epoch_end(self, trainer, pl_module: Dhkd) -> None:
         if trainer.current_epoch == 0:
@@ -87,6 +97,8 @@ def test_teacher_trains_after_the_warmup_only_without_freeze_teacher(
     assert model.training_teacher is not freeze_teacher
     assert changed(warmup.teachers, model.model.teachers) is not freeze_teacher
     assert changed(warmup.students, model.model.students)
+    assert warmup.student_runs[0] == 0
+    assert warmup.student_runs[1] > 0
 
 
 def test_fit_leaves_position_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:

@@ -96,6 +96,25 @@ def test_loss_skips_student_terms_during_teacher_warmup(model: DhkdModel) -> Non
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.teachers.parameters())
 
 
+def test_students_do_not_run_during_teacher_warmup(model: DhkdModel) -> None:
+    """In the warm-up the model skips the students and the loss reports no student terms."""
+    calls = []
+    hooks = [student.register_forward_hook(lambda *_: calls.append(1)) for student in model.students]
+    output = model.train()(torch.rand(2, 3, 64, 64), train_student=False)
+    for hook in hooks:
+        hook.remove()
+    assert not calls
+    assert output.student_latents is None
+    terms = DhkdLoss()(*output, train_student=False)
+    assert terms.distillation is None
+    assert terms.affinity is None
+    torch.testing.assert_close(terms.total, terms.nll + 0.01 * terms.jacobian)
+    with pytest.raises(ValueError, match="train_student=True"):
+        DhkdLoss()(*output, train_student=True)
+    with pytest.raises(ValueError, match="teacher and student"):
+        model(torch.rand(2, 3, 64, 64), train_teacher=False, train_student=False)
+
+
 def test_frozen_teacher_gets_no_gradient_and_sets_clean_targets(model: DhkdModel) -> None:
     """With the teacher frozen, one gradient-free teacher pass gives the targets, and only the students learn."""
     images = torch.rand(2, 3, 64, 64)

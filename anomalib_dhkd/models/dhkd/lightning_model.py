@@ -5,15 +5,15 @@ frequency) student learns to reproduce the teacher's latent from noisy features.
 map. See :mod:`anomalib_dhkd.models.dhkd.torch_model` for the architecture and
 :mod:`anomalib_dhkd.models.dhkd.loss` for the objective.
 
-Training schedule: for the first ``teacher_warmup_epochs`` epochs only the teacher is trained (maximum
-likelihood), so that the student never distils a random flow. After that, with ``freeze_teacher`` (the default), the
-teacher is frozen and only the student is distilled against its latents, in two stages as AST (Rudolph et al., WACV
-2023) trains its flow teacher before its student; without it, teacher and student train jointly, the student against
-the detached teacher latent. Before each validation of a fit, one pass over the training images fits
-the per-position discrepancy statistics that standardise the image score (and, optionally, the map), so that the
-post-processor's thresholds are fitted on the scores the model will give. ``max_epochs`` is a model argument
-because anomalib applies the model's ``trainer_arguments`` over the trainer's (``anomalib benchmark`` passes no
-trainer settings at all).
+Training schedule: for the first ``teacher_warmup_epochs`` epochs only the teacher is trained (maximum likelihood)
+and the students do not run, so that the student never distils a random flow. After that, with ``freeze_teacher``
+(the default), the teacher is frozen and only the student is distilled against its latents, in two stages as AST
+(Rudolph et al., WACV 2023) trains its flow teacher before its student; without it, teacher and student train
+jointly, the student against the detached teacher latent. Before each validation of a fit, one pass over the
+training images fits the per-position discrepancy statistics that standardise the image score (and, optionally, the
+map), so that the post-processor's thresholds are fitted on the scores the model will give. ``max_epochs`` is a
+model argument because anomalib applies the model's ``trainer_arguments`` over the trainer's (``anomalib benchmark``
+passes no trainer settings at all).
 
 Example:
     >>> from anomalib.data import MVTecAD
@@ -265,9 +265,10 @@ class Dhkd(AnomalibModule):
         """
         del args, kwargs  # These variables are not used.
         check_finite_images(batch)
-        outputs = self.model(batch.image, train_teacher=self.training_teacher)
-        terms = self.loss(*outputs, train_student=self.training_student, train_teacher=self.training_teacher)
-        for name, value in terms._asdict().items():
+        schedule = {"train_teacher": self.training_teacher, "train_student": self.training_student}
+        terms = self.loss(*self.model(batch.image, **schedule), **schedule)
+        computed = {name: value for name, value in terms._asdict().items() if value is not None}
+        for name, value in computed.items():
             if not math.isfinite(value.item()):
                 msg = (
                     f"DHKD loss term '{name}' became {value.item()} at epoch {self.current_epoch}, step "
@@ -275,7 +276,7 @@ class Dhkd(AnomalibModule):
                 )
                 raise FloatingPointError(msg)
         batch_size = batch.image.shape[0]
-        self.log_dict({f"train_{name}": value for name, value in terms._asdict().items()}, batch_size=batch_size)
+        self.log_dict({f"train_{name}": value for name, value in computed.items()}, batch_size=batch_size)
         self.log("train_loss", terms.total, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return {"loss": terms.total}
 

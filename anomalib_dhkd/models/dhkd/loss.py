@@ -25,13 +25,13 @@ from anomalib_dhkd.components import AffinityLoss, flow_negative_log_likelihood
 
 
 class DhkdLossTerms(NamedTuple):
-    """Weighted-sum total and the unweighted terms, for logging."""
+    """Weighted-sum total and the unweighted terms, for logging; the student terms are ``None`` without students."""
 
     total: torch.Tensor
     nll: torch.Tensor
     jacobian: torch.Tensor
-    distillation: torch.Tensor
-    affinity: torch.Tensor
+    distillation: torch.Tensor | None
+    affinity: torch.Tensor | None
 
 
 class DhkdLoss(nn.Module):
@@ -60,7 +60,7 @@ class DhkdLoss(nn.Module):
         self,
         teacher_latents: list[torch.Tensor],
         log_dets: list[torch.Tensor],
-        student_latents: list[torch.Tensor],
+        student_latents: list[torch.Tensor] | None,
         teacher_targets: list[torch.Tensor],
         train_student: bool = True,
         train_teacher: bool = True,
@@ -70,26 +70,33 @@ class DhkdLoss(nn.Module):
         Args:
             teacher_latents: Per-scale flow latents the likelihood is computed on.
             log_dets: Per-scale log-determinants, each of shape ``(N,)``.
-            student_latents: Per-scale student predictions from the noisy features.
+            student_latents: Per-scale student predictions from the noisy features; ``None`` if the students did not
+                run (the teacher warm-up).
             teacher_targets: Per-scale teacher latents of the clean features, the student's targets.
             train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
             train_teacher: ``False`` once the teacher is frozen: the teacher terms are reported but not added.
 
         Raises:
-            ValueError: If neither the teacher nor the student trains.
+            ValueError: If neither the teacher nor the student trains, or the student trains without latents.
 
         """
         if not (train_teacher or train_student):
             msg = "At least one of teacher and student must train."
             raise ValueError(msg)
+        if train_student and student_latents is None:
+            msg = "The student trains but has no latents: run the model with train_student=True."
+            raise ValueError(msg)
         nll = torch.stack([flow_negative_log_likelihood(z, j) for z, j in zip(teacher_latents, log_dets, strict=True)])
         jacobian = torch.stack(
             [(j / z[0].numel()).pow(2).mean() for z, j in zip(teacher_latents, log_dets, strict=True)]
         )
+        teacher_terms = nll.mean() + self.jacobian_weight * jacobian.mean()
+        total = teacher_terms if train_teacher else 0
+        if student_latents is None:
+            return DhkdLossTerms(total, nll.mean(), jacobian.mean(), None, None)
         targets = [z.detach() for z in teacher_targets]
         distillation = torch.stack([F.mse_loss(s, t) for s, t in zip(student_latents, targets, strict=True)]).mean()
         affinity = self.affinity(student_latents, targets)
-        teacher_terms = nll.mean() + self.jacobian_weight * jacobian.mean()
-        student_terms = self.distillation_weight * distillation + self.affinity_weight * affinity
-        total = (teacher_terms if train_teacher else 0) + (student_terms if train_student else 0)
+        if train_student:
+            total = total + self.distillation_weight * distillation + self.affinity_weight * affinity
         return DhkdLossTerms(total, nll.mean(), jacobian.mean(), distillation, affinity)

@@ -42,7 +42,7 @@ class DhkdTrainingOutput(NamedTuple):
 
     teacher_latents: list[torch.Tensor]
     log_dets: list[torch.Tensor]
-    student_latents: list[torch.Tensor]
+    student_latents: list[torch.Tensor] | None  # None during the teacher warm-up, when the students do not run
     teacher_targets: list[torch.Tensor]
 
 
@@ -185,7 +185,12 @@ class DhkdModel(nn.Module):
             features = self.encoder(images).values()
         return [norm(f) for norm, f in zip(self.feature_norms, features, strict=True)]
 
-    def training_outputs(self, features: list[torch.Tensor], train_teacher: bool = True) -> DhkdTrainingOutput:
+    def training_outputs(
+        self,
+        features: list[torch.Tensor],
+        train_teacher: bool = True,
+        train_student: bool = True,
+    ) -> DhkdTrainingOutput:
         """Teacher latents and log-determinants of dequantised features, student latents of noisy ones.
 
         The teacher's likelihood is fitted on ``x + noise'`` (``teacher_noise_level``), like dequantisation in
@@ -198,8 +203,16 @@ class DhkdModel(nn.Module):
             features: Per-scale standardised encoder features.
             train_teacher: ``False`` once the teacher is frozen: one gradient-free teacher pass over the clean
                 features gives both the reported likelihood and the student's targets.
+            train_student: ``False`` during the teacher warm-up: the students do not run (``student_latents`` is
+                ``None``), which saves their forward pass.
+
+        Raises:
+            ValueError: If neither the teacher nor the student trains.
 
         """
+        if not (train_teacher or train_student):
+            msg = "At least one of teacher and student must train."
+            raise ValueError(msg)
         if train_teacher:
             noisy_features = [add_feature_noise(f, self.teacher_noise_level) for f in features]
             latents, log_dets = self._teacher_outputs(noisy_features)
@@ -212,6 +225,8 @@ class DhkdModel(nn.Module):
             with torch.no_grad():
                 latents, log_dets = self._teacher_outputs(features)
             targets = latents
+        if not train_student:
+            return DhkdTrainingOutput(latents, log_dets, None, targets)
         student_latents = [
             student(add_feature_noise(f, self.noise_level)) for student, f in zip(self.students, features, strict=True)
         ]
@@ -259,10 +274,15 @@ class DhkdModel(nn.Module):
         for statistics, scale_moments in zip(self.position_statistics, moments, strict=True):
             statistics.fit(sum_across_processes(scale_moments) if sum_across_processes else scale_moments)
 
-    def forward(self, images: torch.Tensor, train_teacher: bool = True) -> DhkdTrainingOutput | InferenceBatch:
+    def forward(
+        self,
+        images: torch.Tensor,
+        train_teacher: bool = True,
+        train_student: bool = True,
+    ) -> DhkdTrainingOutput | InferenceBatch:
         """Return per-scale training outputs in training mode, else the anomaly map and image score.
 
-        ``train_teacher`` applies to training mode only (see :meth:`training_outputs`).
+        ``train_teacher`` and ``train_student`` apply to training mode only (see :meth:`training_outputs`).
 
         The image score is the mean of the top ``score_fraction`` of the smoothed mean of the per-position
         standardised discrepancies of ``score_layers`` (see :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the
@@ -270,7 +290,7 @@ class DhkdModel(nn.Module):
         """
         features = self.extract_features(images)
         if self.training:
-            return self.training_outputs(features, train_teacher)
+            return self.training_outputs(features, train_teacher, train_student)
 
         discrepancies = self.discrepancies(features)
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
