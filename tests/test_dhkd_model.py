@@ -1,5 +1,6 @@
 """DHKD's torch model, loss and training behaviour."""
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -96,15 +97,28 @@ def test_loss_skips_student_terms_during_teacher_warmup(model: DhkdModel) -> Non
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.teachers.parameters())
 
 
-def test_students_do_not_run_during_teacher_warmup(model: DhkdModel) -> None:
-    """In the warm-up the model skips the students and the loss reports no student terms."""
-    calls = []
-    hooks = [student.register_forward_hook(lambda *_: calls.append(1)) for student in model.students]
+@pytest.mark.parametrize(
+    ("train_teacher", "train_student", "teacher_passes"), [(True, False, 1), (True, True, 2), (False, True, 1)]
+)
+def test_teacher_and_student_passes_per_training_step(
+    train_teacher: bool, train_student: bool, teacher_passes: int
+) -> None:
+    """With teacher noise a joint step runs each teacher twice (noisy likelihood, clean target); a warm-up step and a
+    frozen-teacher step once."""
+    model = DhkdModel(**{**TINY_MODEL, "teacher_noise_level": 0.3}).train()
+    runs = collections.Counter()
+    for role, modules in (("teacher", model.teachers), ("student", model.students)):
+        for module in modules:
+            module.register_forward_pre_hook(lambda *_, role=role: runs.update([role]))
+    output = model(torch.rand(2, 3, 64, 64), train_teacher=train_teacher, train_student=train_student)
+    assert runs["teacher"] == len(model.teachers) * teacher_passes
+    assert runs["student"] == len(model.students) * train_student
+    assert (output.student_latents is None) == (not train_student)
+    assert (output.teacher_targets is None) == (not train_student)
+
+
+def test_loss_has_no_student_terms_without_students(model: DhkdModel) -> None:
     output = model.train()(torch.rand(2, 3, 64, 64), train_student=False)
-    for hook in hooks:
-        hook.remove()
-    assert not calls
-    assert output.student_latents is None
     terms = DhkdLoss()(*output, train_student=False)
     assert terms.distillation is None
     assert terms.affinity is None

@@ -61,7 +61,7 @@ class DhkdLoss(nn.Module):
         teacher_latents: list[torch.Tensor],
         log_dets: list[torch.Tensor],
         student_latents: list[torch.Tensor] | None,
-        teacher_targets: list[torch.Tensor],
+        teacher_targets: list[torch.Tensor] | None,
         train_student: bool = True,
         train_teacher: bool = True,
     ) -> DhkdLossTerms:
@@ -72,7 +72,8 @@ class DhkdLoss(nn.Module):
             log_dets: Per-scale log-determinants, each of shape ``(N,)``.
             student_latents: Per-scale student predictions from the noisy features; ``None`` if the students did not
                 run (the teacher warm-up).
-            teacher_targets: Per-scale teacher latents of the clean features, the student's targets.
+            teacher_targets: Per-scale teacher latents of the clean features, the student's targets; ``None`` with
+                ``student_latents``.
             train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
             train_teacher: ``False`` once the teacher is frozen: the teacher terms are reported but not added.
 

@@ -42,8 +42,9 @@ class DhkdTrainingOutput(NamedTuple):
 
     teacher_latents: list[torch.Tensor]
     log_dets: list[torch.Tensor]
-    student_latents: list[torch.Tensor] | None  # None during the teacher warm-up, when the students do not run
-    teacher_targets: list[torch.Tensor]
+    # Both None during the teacher warm-up, when the students do not run.
+    student_latents: list[torch.Tensor] | None
+    teacher_targets: list[torch.Tensor] | None
 
 
 def build_encoder(backbone: str, layers: list[str], pre_trained: bool) -> TimmFeatureExtractor:
@@ -203,8 +204,8 @@ class DhkdModel(nn.Module):
             features: Per-scale standardised encoder features.
             train_teacher: ``False`` once the teacher is frozen: one gradient-free teacher pass over the clean
                 features gives both the reported likelihood and the student's targets.
-            train_student: ``False`` during the teacher warm-up: the students do not run (``student_latents`` is
-                ``None``), which saves their forward pass.
+            train_student: ``False`` during the teacher warm-up: neither the students nor the teacher's target
+                pass run (``student_latents`` and ``teacher_targets`` are ``None``).
 
         Raises:
             ValueError: If neither the teacher nor the student trains.
@@ -216,17 +217,18 @@ class DhkdModel(nn.Module):
         if train_teacher:
             noisy_features = [add_feature_noise(f, self.teacher_noise_level) for f in features]
             latents, log_dets = self._teacher_outputs(noisy_features)
-            if self.teacher_noise_level == 0:
-                targets = [z.detach() for z in latents]
-            else:
-                with torch.no_grad():
-                    targets = self._teacher_outputs(features)[0]
         else:
             with torch.no_grad():
                 latents, log_dets = self._teacher_outputs(features)
-            targets = latents
         if not train_student:
-            return DhkdTrainingOutput(latents, log_dets, None, targets)
+            return DhkdTrainingOutput(latents, log_dets, None, None)
+        if not train_teacher:
+            targets = latents  # already the gradient-free pass over the clean features
+        elif self.teacher_noise_level == 0:
+            targets = [z.detach() for z in latents]
+        else:
+            with torch.no_grad():
+                targets = self._teacher_outputs(features)[0]
         student_latents = [
             student(add_feature_noise(f, self.noise_level)) for student, f in zip(self.students, features, strict=True)
         ]
