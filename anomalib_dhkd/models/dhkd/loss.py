@@ -34,6 +34,13 @@ class DhkdLossTerms(NamedTuple):
     affinity: torch.Tensor | None
 
 
+def check_something_trains(train_teacher: bool, train_student: bool) -> None:
+    """Raise ``ValueError`` unless the teacher or the student trains."""
+    if not (train_teacher or train_student):
+        msg = "At least one of teacher and student must train."
+        raise ValueError(msg)
+
+
 class DhkdLoss(nn.Module):
     """DHKD loss.
 
@@ -81,23 +88,19 @@ class DhkdLoss(nn.Module):
             ValueError: If neither the teacher nor the student trains, or the student trains without latents.
 
         """
-        if not (train_teacher or train_student):
-            msg = "At least one of teacher and student must train."
-            raise ValueError(msg)
+        check_something_trains(train_teacher, train_student)
         if train_student and student_latents is None:
             msg = "The student trains but has no latents: run the model with train_student=True."
             raise ValueError(msg)
-        nll = torch.stack([flow_negative_log_likelihood(z, j) for z, j in zip(teacher_latents, log_dets, strict=True)])
-        jacobian = torch.stack(
-            [(j / z[0].numel()).pow(2).mean() for z, j in zip(teacher_latents, log_dets, strict=True)]
-        )
-        teacher_terms = nll.mean() + self.jacobian_weight * jacobian.mean()
-        total = teacher_terms if train_teacher else 0
+        scales = list(zip(teacher_latents, log_dets, strict=True))
+        nll = torch.stack([flow_negative_log_likelihood(z, j) for z, j in scales]).mean()
+        jacobian = torch.stack([(j / z[0].numel()).pow(2).mean() for z, j in scales]).mean()
+        total = nll + self.jacobian_weight * jacobian if train_teacher else 0
         if student_latents is None:
-            return DhkdLossTerms(total, nll.mean(), jacobian.mean(), None, None)
+            return DhkdLossTerms(total, nll, jacobian, None, None)
         targets = [z.detach() for z in teacher_targets]
         distillation = torch.stack([F.mse_loss(s, t) for s, t in zip(student_latents, targets, strict=True)]).mean()
         affinity = self.affinity(student_latents, targets)
         if train_student:
             total = total + self.distillation_weight * distillation + self.affinity_weight * affinity
-        return DhkdLossTerms(total, nll.mean(), jacobian.mean(), distillation, affinity)
+        return DhkdLossTerms(total, nll, jacobian, distillation, affinity)

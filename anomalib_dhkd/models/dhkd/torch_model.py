@@ -32,6 +32,7 @@ from torch import nn
 
 from anomalib_dhkd.components import ConvFlow, DualDomainStudent, PositionStandardizer, add_feature_noise, map_moments
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy
+from anomalib_dhkd.models.dhkd.loss import check_something_trains
 
 # Teacher dequantisation noise by encoder (see DhkdModel): it helps pretrained features and hurts random ones.
 DEFAULT_TEACHER_NOISE_LEVEL = {True: 0.3, False: 0.0}
@@ -211,9 +212,7 @@ class DhkdModel(nn.Module):
             ValueError: If neither the teacher nor the student trains.
 
         """
-        if not (train_teacher or train_student):
-            msg = "At least one of teacher and student must train."
-            raise ValueError(msg)
+        check_something_trains(train_teacher, train_student)
         if train_teacher:
             noisy_features = [add_feature_noise(f, self.teacher_noise_level) for f in features]
             latents, log_dets = self._teacher_outputs(noisy_features)
