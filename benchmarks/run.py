@@ -2,17 +2,20 @@
 
 python -m benchmarks.run [--models dhkd padim ...] [--data ROOT:CATEGORY ...] [--tracks pretrained none]
                          [--out results/bench] [--quick] [--seed 0] [--image-size 256] [--resume] [--report-only]
+                         [--merge DIR ...]
 
 Each (model, dataset, track) trains and tests through anomalib's ``Engine`` in a fresh subprocess
 (:mod:`benchmarks.suite.worker`). Records go to ``OUT/results.jsonl``: a run replaces the record of the same
 (model, dataset, track) and keeps all others; a failed run is recorded with ``"status": "failed"``. ``--resume``
-skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped. The report
+skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped.
+``--merge`` first imports the records and gallery maps of other output folders, by the same rule. The report
 (``results.md``, ``chart_<metric>.png``, ``gallery_<dataset>_<track>.png``) is regenerated from all records.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--resume", action="store_true", help="skip runs recorded as ok with the same settings")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from results.jsonl")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="first import the records and gallery maps of these output folders; a later folder's record wins",
+    )
     args = parser.parse_args(argv)
     args.data = args.data or list(QUICK_DATA if args.quick else FULL_DATA)
     args.tracks = args.tracks or (["pretrained"] if args.quick else list(TRACKS))
@@ -189,6 +200,29 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def merge_outputs(sources: list[Path], out: Path) -> None:
+    """Import every record of each source's ``results.jsonl`` into ``out`` with its gallery maps, in order.
+
+    A record replaces ``out``'s record of the same (model, dataset, track), as a run does; so does its maps file, and
+    a record without maps removes ``out``'s stale ones.
+    """
+    for source in sources:
+        if source.resolve() == out.resolve():
+            raise SystemExit(f"--merge {source}: that is the --out folder itself")
+        records = load_records(source / RECORDS_FILE)
+        if not records:
+            raise SystemExit(f"--merge {source}: no records in {source / RECORDS_FILE}")
+        for record in records:
+            source_maps, out_maps = maps_path(source, *record_key(record)), maps_path(out, *record_key(record))
+            out_maps.parent.mkdir(parents=True, exist_ok=True)
+            if source_maps.is_file():
+                shutil.copyfile(source_maps, out_maps)
+            else:
+                out_maps.unlink(missing_ok=True)
+            save_record(out / RECORDS_FILE, record)
+        print(f"merged {len(records)} records from {source}", flush=True)
+
+
 def summary(record: dict[str, Any]) -> str:
     """One-line outcome of a run."""
     if record["status"] != "ok":
@@ -246,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    merge_outputs(args.merge, args.out)
     if not args.report_only:
         run_suite(args)
     records = load_records(args.out / RECORDS_FILE)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -201,6 +202,53 @@ def test_report_only_regenerates_the_outputs(
     for chart in CHARTS:
         assert (out / chart).is_file()
     assert_image(out / GALLERY, min_side=400)
+
+
+def write_suite_output(out: Path, runs: dict[str, float], image: Path) -> None:
+    """A suite output folder with one ok record per ``{model: image AUROC}`` and gallery maps of ``image``."""
+    from benchmarks.run import base_record, save_record
+    from benchmarks.suite.report import maps_path
+
+    (out / "maps").mkdir(parents=True)
+    for model, auroc in runs.items():
+        settings = run_settings(model, "pretrained", image_size=64, seed=0, quick=True)
+        record = base_record(model, "toy/cat", "pretrained", settings)
+        record.update(dict.fromkeys(MEASUREMENTS, 1.0), image_AUROC=auroc, status="ok")
+        save_record(out / "results.jsonl", record)
+        maps = {"image_paths": [str(image)], "anomaly_maps": [torch.rand(64, 64)], "masks": [torch.rand(64, 64) > 0.9]}
+        torch.save(maps, maps_path(out, model, "toy/cat", "pretrained"))
+
+
+def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path) -> None:
+    """``--merge A B --report-only`` builds one report from two earlier outputs; B's record of a model replaces A's."""
+    from benchmarks import run
+
+    image = tmp_path / "defect.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
+    first, second, merged = tmp_path / "first", tmp_path / "second", tmp_path / "merged"
+    write_suite_output(first, {"dhkd": 0.9, "padim": 0.8}, image)
+    write_suite_output(second, {"padim": 0.7, "cflow": 0.6}, image)
+    (second / "maps" / "cflow__toy-cat__pretrained.pt").unlink()  # a record whose maps are gone
+    write_suite_output(merged, {"cflow": 0.5}, image)  # stale maps of the record the merge replaces
+
+    run.main(["--report-only", "--out", str(merged), "--merge", str(first), str(second)])
+
+    records = read_records(merged)
+    assert {model: record["image_AUROC"] for model, record in records.items()} == {
+        "cflow": 0.6,
+        "dhkd": 0.9,
+        "padim": 0.7,
+    }
+    padim_maps = torch.load(merged / "maps" / "padim__toy-cat__pretrained.pt", weights_only=True)
+    expected = torch.load(second / "maps" / "padim__toy-cat__pretrained.pt", weights_only=True)
+    assert torch.equal(padim_maps["anomaly_maps"][0], expected["anomaly_maps"][0])
+    assert not (merged / "maps" / "cflow__toy-cat__pretrained.pt").exists()
+    assert "| cflow |" in (merged / "results.md").read_text()
+    assert_image(merged / "gallery_toy-cat_pretrained.png", min_side=150)
+    with pytest.raises(SystemExit, match="no records"):
+        run.main(["--report-only", "--out", str(merged), "--merge", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="the --out folder itself"):
+        run.main(["--report-only", "--out", str(merged), "--merge", str(merged)])
 
 
 def test_report_only_without_records_fails(tmp_path: Path) -> None:
