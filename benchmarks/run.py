@@ -204,14 +204,17 @@ def merge_outputs(sources: list[Path], out: Path) -> None:
     """Import every record of each source's ``results.jsonl`` into ``out`` with its gallery maps, in order.
 
     A record replaces ``out``'s record of the same (model, dataset, track), as a run does; so does its maps file, and
-    a record without maps removes ``out``'s stale ones.
+    a record without maps removes ``out``'s stale ones. Every source is checked before anything is imported.
     """
+    loaded = []
     for source in sources:
         if source.resolve() == out.resolve():
             raise SystemExit(f"--merge {source}: that is the --out folder itself")
         records = load_records(source / RECORDS_FILE)
         if not records:
             raise SystemExit(f"--merge {source}: no records in {source / RECORDS_FILE}")
+        loaded.append((source, records))
+    for source, records in loaded:
         for record in records:
             source_maps, out_maps = maps_path(source, *record_key(record)), maps_path(out, *record_key(record))
             out_maps.parent.mkdir(parents=True, exist_ok=True)

@@ -245,8 +245,10 @@ def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path) ->
     assert not (merged / "maps" / "cflow__toy-cat__pretrained.pt").exists()
     assert "| cflow |" in (merged / "results.md").read_text()
     assert_image(merged / "gallery_toy-cat_pretrained.png", min_side=150)
-    with pytest.raises(SystemExit, match="no records"):
-        run.main(["--report-only", "--out", str(merged), "--merge", str(tmp_path / "missing")])
+    merged_records = (merged / "results.jsonl").read_text()
+    with pytest.raises(SystemExit, match="no records"):  # checked before the first folder is imported again
+        run.main(["--report-only", "--out", str(merged), "--merge", str(first), str(tmp_path / "missing")])
+    assert (merged / "results.jsonl").read_text() == merged_records
     with pytest.raises(SystemExit, match="the --out folder itself"):
         run.main(["--report-only", "--out", str(merged), "--merge", str(merged)])
 
