@@ -214,10 +214,10 @@ def merge_outputs(sources: list[Path], out: Path) -> None:
         if not records:
             raise SystemExit(f"--merge {source}: no records in {source / RECORDS_FILE}")
         loaded.append((source, records))
+    (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
     for source, records in loaded:
         for record in records:
             source_maps, out_maps = maps_path(source, *record_key(record)), maps_path(out, *record_key(record))
-            out_maps.parent.mkdir(parents=True, exist_ok=True)
             if source_maps.is_file():
                 shutil.copyfile(source_maps, out_maps)
             else:
