@@ -7,7 +7,9 @@ python -m benchmarks.run [--models dhkd padim ...] [--data ROOT:CATEGORY ...] [-
 Each (model, dataset, track) trains and tests through anomalib's ``Engine`` in a fresh subprocess
 (:mod:`benchmarks.suite.worker`). Records go to ``OUT/results.jsonl``: a run replaces the record of the same
 (model, dataset, track) and keeps all others; a failed run is recorded with ``"status": "failed"``. ``--resume``
-skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped.
+skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped. A run
+whose settings equal those of a run of the other track (Reverse Distillation, without weights in both) reuses that
+run's record and maps.
 ``--merge`` first imports the records and gallery maps of other output folders, by the same rule. The report
 (``results.md``, ``chart_<metric>.png``, ``gallery_<dataset>_<track>.png``) is regenerated from all records.
 """
@@ -242,25 +244,51 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return [(model, spec, track) for spec in args.data for track in args.tracks for model in args.models]
 
 
-def is_done(records: list[dict[str, Any]], model: str, dataset: str, track: str, settings: RunSettings) -> bool:
-    """Whether ``records`` hold a successful run of (model, dataset, track) with exactly ``settings``."""
-    return any(
-        record_key(r) == (model, dataset, track) and r["status"] == "ok" and r["settings"] == settings.to_dict()
+def identical_run(
+    records: list[dict[str, Any]], model: str, dataset: str, track: str, settings: RunSettings
+) -> dict[str, Any] | None:
+    """A successful record of ``model`` on ``dataset`` with exactly ``settings``: of ``track`` if any, else of another.
+
+    Settings that are the same in both tracks mean the same training: Reverse Distillation trains without weights in
+    both, so its second track reuses the first's record and maps instead of training again (21 min on Magnetic Tile).
+    """
+    matches = [
+        r
         for r in records
-    )
+        if (r["model"], r["dataset"], r["status"]) == (model, dataset, "ok") and r["settings"] == settings.to_dict()
+    ]
+    return next((r for r in matches if r["track"] == track), matches[0] if matches else None)
+
+
+def reuse_run(earlier: dict[str, Any], track: str, out: Path) -> dict[str, Any]:
+    """``earlier``'s record and gallery maps, filed under ``track`` as well."""
+    record = {**earlier, "track": track}
+    source_maps, maps = maps_path(out, *record_key(earlier)), maps_path(out, *record_key(record))
+    if source_maps.is_file():
+        shutil.copyfile(source_maps, maps)
+    else:
+        maps.unlink(missing_ok=True)
+    return record
 
 
 def run_suite(args: argparse.Namespace) -> None:
     """Run every planned job in turn, saving each record as soon as it is done."""
     runs = plan(args)
     (args.out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
-    done = load_records(args.out / RECORDS_FILE) if args.resume else []
+    finished = load_records(args.out / RECORDS_FILE) if args.resume else []
     for index, (model, spec, track) in enumerate(runs, start=1):
         root, _, category = spec.rpartition(":")
         dataset = dataset_name(root, category)
         settings = run_settings(model, track, args.image_size, args.seed, args.quick, args.layers.get(model))
-        if is_done(done, model, dataset, track, settings):
-            print(f"[{index}/{len(runs)}] {model} {dataset} {track}: already done, skipped (--resume)", flush=True)
+        prefix = f"[{index}/{len(runs)}] {model} {dataset} {track}"
+        earlier = identical_run(finished, model, dataset, track, settings)
+        if earlier is not None and earlier["track"] == track:
+            print(f"{prefix}: already done, skipped (--resume)", flush=True)
+            continue
+        if earlier is not None:
+            record = reuse_run(earlier, track, args.out)
+            save_record(args.out / RECORDS_FILE, record)
+            print(f"{prefix}: the same settings as its {earlier['track']} run, record and maps reused", flush=True)
             continue
         job = {
             "model": model,
@@ -270,11 +298,11 @@ def run_suite(args: argparse.Namespace) -> None:
             "gallery": gallery_images(Path(root), category, args.gallery_images),
             "throughput_seconds": QUICK_THROUGHPUT_SECONDS if args.quick else THROUGHPUT_SECONDS,
         }
-        prefix = f"[{index}/{len(runs)}] {model} {dataset} {track}"
         print(f"{prefix} ({settings.epochs} epochs, {settings.image_size} px) ...", flush=True)
         start = time.perf_counter()
         record = execute(job, base_record(model, dataset, track, settings), maps_path(args.out, model, dataset, track))
         save_record(args.out / RECORDS_FILE, record)
+        finished.append(record)
         print(f"{prefix} {summary(record)} ({time.perf_counter() - start:.0f} s in all)", flush=True)
 
 

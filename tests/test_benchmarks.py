@@ -144,6 +144,30 @@ def test_resume_skips_finished_runs_and_reruns_changed_settings(quick_suite: tup
     assert after["dhkd"] == before["dhkd"]
 
 
+@pytest.mark.slow
+def test_identical_settings_in_both_tracks_train_once(tmp_path: Path) -> None:
+    """Reverse Distillation trains without weights in both tracks: one training, its record and maps filed twice."""
+    shared_category("hazelnut_toy", "hazelnut")
+    out = tmp_path / "bench"
+    args = ("--quick", "--out", str(out), "--models", "reverse_distillation", "--tracks", "pretrained", "none")
+    stdout = run_suite(*args).stdout
+    assert stdout.count("(1 epochs, 64 px) ...") == 1
+    assert "[2/2] reverse_distillation hazelnut_toy/hazelnut none: the same settings as its pretrained run" in stdout
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["track"] for r in records] == ["pretrained", "none"]
+    assert records[0]["status"] == "ok"
+    assert {**records[0], "track": "none"} == records[1]
+    maps = [
+        torch.load(out / "maps" / f"reverse_distillation__hazelnut_toy-hazelnut__{t}.pt")
+        for t in ("pretrained", "none")
+    ]
+    assert maps[0]["image_paths"] == maps[1]["image_paths"]
+    assert all(torch.equal(a, b) for a, b in zip(maps[0]["anomaly_maps"], maps[1]["anomaly_maps"], strict=True))
+    assert "gallery_hazelnut_toy-hazelnut_none.png" in {path.name for path in out.iterdir()}
+    stdout = run_suite(*args, "--resume").stdout
+    assert stdout.count("already done, skipped (--resume)") == 2
+
+
 def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
