@@ -228,14 +228,14 @@ def test_report_only_regenerates_the_outputs(
     assert_image(out / GALLERY, min_side=400)
 
 
-def write_suite_output(out: Path, runs: dict[str, float], image: Path) -> None:
+def write_suite_output(out: Path, runs: dict[str, float], image: Path, seed: int = 0) -> None:
     """A suite output folder with one ok record per ``{model: image AUROC}`` and gallery maps of ``image``."""
     from benchmarks.run import base_record, save_record
     from benchmarks.suite.report import maps_path
 
     (out / "maps").mkdir(parents=True)
     for model, auroc in runs.items():
-        settings = run_settings(model, "pretrained", image_size=64, seed=0, quick=True)
+        settings = run_settings(model, "pretrained", image_size=64, seed=seed, quick=True)
         record = base_record(model, "toy/cat", "pretrained", settings)
         record.update(dict.fromkeys(MEASUREMENTS, 1.0), image_AUROC=auroc, status="ok")
         save_record(out / "results.jsonl", record)
@@ -275,6 +275,29 @@ def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path) ->
     assert (merged / "results.jsonl").read_text() == merged_records
     with pytest.raises(SystemExit, match="the --out folder itself"):
         run.main(["--report-only", "--out", str(merged), "--merge", str(merged)])
+
+
+def test_report_warns_when_merged_runs_differ_in_seed(tmp_path: Path) -> None:
+    """A report of runs with different seeds must not claim one seed; it lists which run used which."""
+    from benchmarks import run
+
+    image = tmp_path / "defect.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
+    seed0, seed1, merged = tmp_path / "seed0", tmp_path / "seed1", tmp_path / "merged"
+    write_suite_output(seed0, {"dhkd": 0.9, "padim": 0.8}, image)
+    write_suite_output(seed1, {"padim": 0.7}, image, seed=1)
+
+    run.main(["--report-only", "--out", str(merged), "--merge", str(seed0)])
+    table = (merged / "results.md").read_text()
+    assert "\n64 px, seed 0, batch 8 (test batch 32).\n" in table
+    assert "Not like for like" not in table
+
+    run.main(["--report-only", "--out", str(merged), "--merge", str(seed1)])
+    table = (merged / "results.md").read_text()
+    assert "**Not like for like: these runs differ in image size, seed or batch size.**" in table
+    assert "- 64 px, seed 0, batch 8 (test batch 32): dhkd on toy/cat\n" in table
+    assert "- 64 px, seed 1, batch 8 (test batch 32): padim on toy/cat\n" in table
+    assert "64 px, seed 0, batch 8 (test batch 32)." not in table
 
 
 def test_report_only_without_records_fails(tmp_path: Path) -> None:

@@ -85,11 +85,12 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
         f"Generated {generated} from `results.jsonl` ({len(records)} runs). Runs dated {dates[0]} to {dates[-1]}; "
         f"commit(s) {commits}; machine(s): {machines}.",
         "",
-        "All models: the same data, image size, seed and batch size, trained and tested through anomalib's `Engine` "
-        "and scored by `anomalib_dhkd.evaluation.default_evaluator()` (image AUROC and F1, pixel AUROC, PRO = "
-        "anomalib's AUPRO up to FPR 0.3) after anomalib's post-processor has normalised the scores. images/s: "
-        "torch eager on the CPU, 2 threads, full forward (pre- to post-processing), after a warm-up. Peak RSS is "
-        "that of the run's own process.",
+        "The suite trains and tests every model through anomalib's `Engine` with the same data, image size, seed and "
+        "batch size (each track states them, and warns where merged runs differ), scored by "
+        "`anomalib_dhkd.evaluation.default_evaluator()` (image AUROC and F1, pixel AUROC, PRO = anomalib's AUPRO up "
+        "to FPR 0.3) after anomalib's post-processor has normalised the scores. images/s: torch eager on the CPU, "
+        "2 threads, full forward (pre- to post-processing), after a warm-up. Peak RSS is that of the run's own "
+        "process.",
     ]
 
 
@@ -138,6 +139,29 @@ def detail_table(records: list[dict[str, Any]]) -> list[str]:
     return lines + [detail_row(r) for r in sorted(records, key=lambda r: MODELS.index(r["model"]))]
 
 
+def run_conditions(record: dict[str, Any]) -> str:
+    """Image size, seed and batch sizes of a run, which every run compared in one table must share."""
+    settings = record["settings"]
+    return (
+        f"{settings['image_size']} px, seed {settings['seed']}, batch {settings['batch_size']} "
+        f"(test batch {settings['eval_batch_size']})"
+    )
+
+
+def conditions_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The runs' shared conditions, or a warning listing which runs ran under which (e.g. merged seeds)."""
+    runs_by_conditions: dict[str, list[str]] = {}
+    for record in records:
+        runs_by_conditions.setdefault(run_conditions(record), []).append(f"{record['model']} on {record['dataset']}")
+    if len(runs_by_conditions) == 1:
+        return [f"{next(iter(runs_by_conditions))}."]
+    return [
+        "**Not like for like: these runs differ in image size, seed or batch size.**",
+        "",
+        *(f"- {conditions}: {', '.join(runs)}" for conditions, runs in runs_by_conditions.items()),
+    ]
+
+
 def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     """Summary and per-dataset tables of one track, with its footnotes and errors."""
     datasets = ordered(r["dataset"] for r in records)
@@ -145,12 +169,7 @@ def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     lines += ["image AUROC / pixel AUROC / PRO:", "", *summary_table(records, datasets)]
     for dataset in datasets:
         lines += ["", f"### {dataset}", "", *detail_table([r for r in records if r["dataset"] == dataset])]
-    settings = records[0]["settings"]
-    lines += [
-        "",
-        f"{settings['image_size']} px, seed {settings['seed']}, batch {settings['batch_size']} "
-        f"(test batch {settings['eval_batch_size']}).",
-    ]
+    lines += ["", *conditions_lines(records)]
     if any(NO_WEIGHTS_MARK in model_label(r) for r in records):
         lines += ["", NO_WEIGHTS_NOTE]
     lines += [f"- {r['model']} on {r['dataset']} failed: `{r['error']}`" for r in records if r["status"] != "ok"]
