@@ -202,6 +202,14 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def copy_maps(source_maps: Path, out_maps: Path) -> None:
+    """Copy a record's gallery maps to ``out_maps``; a record without maps removes the stale ones there."""
+    if source_maps.is_file():
+        shutil.copyfile(source_maps, out_maps)
+    else:
+        out_maps.unlink(missing_ok=True)
+
+
 def merge_outputs(sources: list[Path], out: Path) -> None:
     """Import every record of each source's ``results.jsonl`` into ``out`` with its gallery maps, in order.
 
@@ -219,11 +227,7 @@ def merge_outputs(sources: list[Path], out: Path) -> None:
     (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
     for source, records in loaded:
         for record in records:
-            source_maps, out_maps = maps_path(source, *record_key(record)), maps_path(out, *record_key(record))
-            if source_maps.is_file():
-                shutil.copyfile(source_maps, out_maps)
-            else:
-                out_maps.unlink(missing_ok=True)
+            copy_maps(maps_path(source, *record_key(record)), maps_path(out, *record_key(record)))
             save_record(out / RECORDS_FILE, record)
         print(f"merged {len(records)} records from {source}", flush=True)
 
@@ -252,10 +256,9 @@ def identical_run(
     Settings that are the same in both tracks mean the same training: Reverse Distillation trains without weights in
     both, so its second track reuses the first's record and maps instead of training again (21 min on Magnetic Tile).
     """
+    wanted = settings.to_dict()
     matches = [
-        r
-        for r in records
-        if (r["model"], r["dataset"], r["status"]) == (model, dataset, "ok") and r["settings"] == settings.to_dict()
+        r for r in records if (r["model"], r["dataset"], r["status"], r["settings"]) == (model, dataset, "ok", wanted)
     ]
     return next((r for r in matches if r["track"] == track), matches[0] if matches else None)
 
@@ -263,11 +266,7 @@ def identical_run(
 def reuse_run(earlier: dict[str, Any], track: str, out: Path) -> dict[str, Any]:
     """``earlier``'s record and gallery maps, filed under ``track`` as well."""
     record = {**earlier, "track": track}
-    source_maps, maps = maps_path(out, *record_key(earlier)), maps_path(out, *record_key(record))
-    if source_maps.is_file():
-        shutil.copyfile(source_maps, maps)
-    else:
-        maps.unlink(missing_ok=True)
+    copy_maps(maps_path(out, *record_key(earlier)), maps_path(out, *record_key(record)))
     return record
 
 

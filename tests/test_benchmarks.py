@@ -243,12 +243,18 @@ def write_suite_output(out: Path, runs: dict[str, float], image: Path, seed: int
         torch.save(maps, maps_path(out, model, "toy/cat", "pretrained"))
 
 
-def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path) -> None:
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A 64 x 64 noise image for synthetic gallery maps."""
+    path = tmp_path / "defect.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path, image: Path) -> None:
     """``--merge A B --report-only`` builds one report from two earlier outputs; B's record of a model replaces A's."""
     from benchmarks import run
 
-    image = tmp_path / "defect.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
     first, second, merged = tmp_path / "first", tmp_path / "second", tmp_path / "merged"
     write_suite_output(first, {"dhkd": 0.9, "padim": 0.8}, image)
     write_suite_output(second, {"padim": 0.7, "cflow": 0.6}, image)
@@ -277,12 +283,10 @@ def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path) ->
         run.main(["--report-only", "--out", str(merged), "--merge", str(merged)])
 
 
-def test_report_warns_when_merged_runs_differ_in_seed(tmp_path: Path) -> None:
+def test_report_warns_when_merged_runs_differ_in_seed(tmp_path: Path, image: Path) -> None:
     """A report of runs with different seeds must not claim one seed; it lists which run used which."""
     from benchmarks import run
 
-    image = tmp_path / "defect.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
     seed0, seed1, merged = tmp_path / "seed0", tmp_path / "seed1", tmp_path / "merged"
     write_suite_output(seed0, {"dhkd": 0.9, "padim": 0.8}, image)
     write_suite_output(seed1, {"padim": 0.7}, image, seed=1)
