@@ -175,7 +175,7 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     names = ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp")
     for name in names:
         assert options[name] == defaults[name]
-    for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma"):  # the preset's, not the defaults
+    for name in ("noise_level", "noise_correlation", "standardize_map", "blur_sigma", "score_blur_sigma"):  # preset's
         assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert options["freeze_teacher"] is False  # no warm-up: teacher and student train together

@@ -107,6 +107,11 @@ class Dhkd(AnomalibModule):
         noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
             each channel's standard deviation. A random encoder gains from more (``RANDOM_ENCODER_PRESET`` uses
             ``1.0``); with ImageNet weights more trades pixel AUROC for PRO (model README). Defaults to ``0.5``.
+        noise_correlation: Spatial correlation length, in feature cells, of the student's training noise; ``0``:
+            independent at every position. The paper says only "Gaussian noise"; correlated noise perturbs
+            neighbouring cells together, as a defect does, so the student must restore a whole region from its
+            surroundings. Magnetic Tile with ImageNet weights, seed 0, image / pixel AUROC / PRO at 0 and 1: 0.938 /
+            0.757 / 0.730 and 0.936 / 0.779 / 0.738 (model README). Defaults to ``1.0``.
         teacher_noise_level: Standard deviation of the dequantisation noise added to the teacher's
             maximum-likelihood input, relative likewise; the student still distils the teacher's latent of the clean
             features. Our choice (dequantisation, as in density models), not the paper's. 4 epochs, seed 0, image /
@@ -163,6 +168,7 @@ class Dhkd(AnomalibModule):
         condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
+        noise_correlation: float = 1.0,
         teacher_noise_level: float | None = None,
         distillation_weight: float = 1.0,
         affinity_weight: float = 1.0,
@@ -210,6 +216,7 @@ class Dhkd(AnomalibModule):
             condition_channels=condition_channels,
             student_blocks=student_blocks,
             noise_level=noise_level,
+            noise_correlation=noise_correlation,
             teacher_noise_level=teacher_noise_level,
             blur_sigma=blur_sigma,
             score_blur_sigma=score_blur_sigma,

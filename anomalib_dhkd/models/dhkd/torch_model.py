@@ -118,6 +118,8 @@ class DhkdModel(nn.Module):
             the flow's feature channels (:func:`flow_condition_channels`).
         student_blocks: Dual-domain blocks per student.
         noise_level: Student training noise standard deviation relative to each channel's feature standard deviation.
+        noise_correlation: Spatial correlation length of the student's training noise in feature cells; ``0``:
+            independent at every position (:func:`~anomalib_dhkd.components.add_feature_noise`).
         teacher_noise_level: Dequantisation noise of the teacher's maximum-likelihood input, relative likewise;
             ``None``: 0.3 with ImageNet weights, 0 without (:data:`DEFAULT_TEACHER_NOISE_LEVEL`).
         blur_sigma: Gaussian smoothing of the anomaly map in pixels.
@@ -146,6 +148,7 @@ class DhkdModel(nn.Module):
         condition_channels: int = 64,
         student_blocks: int = 2,
         noise_level: float = 0.5,
+        noise_correlation: float = 1.0,
         teacher_noise_level: float | None = None,
         blur_sigma: float = 4.0,
         score_blur_sigma: float | None = None,
@@ -160,6 +163,7 @@ class DhkdModel(nn.Module):
         self.score_indices = [extracted.index(layer) for layer in self.score_layers]
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
+        self.noise_correlation = noise_correlation
         self.teacher_noise_level = (
             DEFAULT_TEACHER_NOISE_LEVEL[pre_trained] if teacher_noise_level is None else teacher_noise_level
         )
@@ -229,7 +233,8 @@ class DhkdModel(nn.Module):
             with torch.no_grad():
                 targets = self._teacher_outputs(features)[0]
         student_latents = [
-            student(add_feature_noise(f, self.noise_level)) for student, f in zip(self.students, features, strict=True)
+            student(add_feature_noise(f, self.noise_level, self.noise_correlation))
+            for student, f in zip(self.students, features, strict=True)
         ]
         return DhkdTrainingOutput(latents, log_dets, student_latents, targets)
 
