@@ -10,6 +10,7 @@ from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models import offline_dhkd
+from anomalib_dhkd.models.dhkd import torch_model
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput, flow_condition_channels
@@ -58,6 +59,25 @@ def test_teacher_fits_noisy_features_while_student_targets_are_clean_latents(tea
         assert not target.requires_grad
         assert latent.requires_grad
         assert torch.equal(latent.detach(), clean) == (teacher_noise_level == 0)
+
+
+def test_student_noise_is_correlated_and_teacher_noise_independent(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def record(features: torch.Tensor, level: float, correlation: float = 0.0) -> torch.Tensor:
+        calls.append((level, correlation))
+        return features
+
+    monkeypatch.setattr(torch_model, "add_feature_noise", record)
+    model = DhkdModel(**TINY_MODEL, noise_level=0.5, noise_correlation=1.5, teacher_noise_level=0.3).train()
+    model(torch.rand(2, 3, 64, 64))
+    assert calls == [(0.3, 0.0)] * 3 + [(0.5, 1.5)] * 3  # three scales: teacher dequantisation, then students
+
+
+@pytest.mark.parametrize("setting", ["noise_level", "noise_correlation", "teacher_noise_level"])
+def test_negative_noise_settings_are_rejected_at_construction(setting: str) -> None:
+    with pytest.raises(ValueError, match=f"non-negative, got {{'{setting}': -0.5}}"):
+        DhkdModel(**TINY_MODEL, **{setting: -0.5})
 
 
 def test_inference_returns_map_and_score_at_input_size(model: DhkdModel) -> None:

@@ -156,6 +156,13 @@ class DhkdModel(nn.Module):
         standardize_map: bool | None = None,
     ) -> None:
         super().__init__()
+        noise = {"noise_level": noise_level, "noise_correlation": noise_correlation}
+        negative = {name: value for name, value in noise.items() if value < 0}
+        if teacher_noise_level is not None and teacher_noise_level < 0:
+            negative["teacher_noise_level"] = teacher_noise_level
+        if negative:  # before the encoder loads, not at the first training step
+            msg = f"Noise settings must be non-negative, got {negative}."
+            raise ValueError(msg)
         self.score_layers = default_score_layers(layers, pre_trained) if score_layers is None else list(score_layers)
         self.encoder = build_encoder(backbone, encoder_layer_names(layers, self.score_layers), pre_trained)
         extracted = list(self.encoder.layers)
