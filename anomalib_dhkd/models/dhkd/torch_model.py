@@ -156,10 +156,12 @@ class DhkdModel(nn.Module):
         standardize_map: bool | None = None,
     ) -> None:
         super().__init__()
-        noise = {"noise_level": noise_level, "noise_correlation": noise_correlation}
-        negative = {name: value for name, value in noise.items() if value < 0}
-        if teacher_noise_level is not None and teacher_noise_level < 0:
-            negative["teacher_noise_level"] = teacher_noise_level
+        noise = {
+            "noise_level": noise_level,
+            "noise_correlation": noise_correlation,
+            "teacher_noise_level": teacher_noise_level,
+        }
+        negative = {name: value for name, value in noise.items() if value is not None and value < 0}
         if negative:  # before the encoder loads, not at the first training step
             msg = f"Noise settings must be non-negative, got {negative}."
             raise ValueError(msg)
