@@ -16,7 +16,7 @@ from PIL import Image
 
 from anomalib_dhkd import Dhkd
 from anomalib_dhkd.models import OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS
-from anomalib_dhkd.models.dhkd.presets import RANDOM_ENCODER_PRESET
+from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
 from benchmarks.suite.settings import (
     DHKD_WARMUP_EPOCHS,
@@ -172,7 +172,7 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
     defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    names = ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp")
+    names = ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp", "student_blocks")
     for name in names:
         assert options[name] == defaults[name]
     for name in ("noise_level", "noise_correlation", "standardize_map", "blur_sigma", "score_blur_sigma"):  # preset's
@@ -191,6 +191,8 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     pretrained = run_settings("dhkd", "pretrained", image_size=64, seed=0, quick=True)
     assert pretrained.layers == OFFLINE_LAYERS
     assert pretrained.options["score_layers"] == list(OFFLINE_SCORE_LAYERS)
+    assert pretrained.options["student_blocks"] == PRETRAINED_ENCODER_PRESET["student_blocks"]
+    assert pretrained.options["student_blocks"] != defaults["student_blocks"]
     assert pretrained.encoder_layers == ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 
 
@@ -332,6 +334,8 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
         assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else EPOCHS["dhkd"])
         assert model.freeze_teacher is (config.parent.name != "quick")
         assert model.model.score_layers == list(OFFLINE_SCORE_LAYERS)
+        student_depths = {len(student.blocks) for student in model.model.students}
+        assert student_depths == {PRETRAINED_ENCODER_PRESET["student_blocks"]}
     else:
         assert type(model).__name__.lower() == config.stem.replace("_", "")
     for job in jobs:  # the shared data, relative to the repository root

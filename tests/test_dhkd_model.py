@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+import yaml
 from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
@@ -13,6 +14,7 @@ from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd import torch_model
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
+from anomalib_dhkd.models.dhkd.presets import offline_preset
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput, flow_condition_channels
 
 from .conftest import TINY_BACKBONE
@@ -384,6 +386,17 @@ def test_score_map_is_smoothed_with_its_own_sigma() -> None:
     assert not same.state_dict()  # kernels follow from sigma and are not saved
     older = {"blur.kernel": torch.ones(1, 1, 33, 33), "score_blur.kernel": torch.ones(1, 1, 97, 97)}
     AnomalyMapGenerator(sigma=4.0, score_sigma=12.0).load_state_dict(older, strict=True)  # saved by GaussianBlur2d
+
+
+def test_offline_config_trains_the_pretrained_preset() -> None:
+    """``configs/dhkd_offline.yaml`` names every setting of ``offline_dhkd``'s preset with ImageNet weights."""
+    config = Path(__file__).parents[1] / "configs" / "dhkd_offline.yaml"
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    preset = offline_preset(pre_trained=True)
+    assert init_args["pre_trained"] is True
+    assert {name: init_args.get(name) for name in preset} == {
+        name: list(value) if isinstance(value, tuple) else value for name, value in preset.items()
+    }
 
 
 def test_offline_preset_without_imagenet_weights_maps_two_raw_scales_and_scores_three() -> None:

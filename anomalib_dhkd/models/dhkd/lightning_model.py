@@ -103,7 +103,10 @@ class Dhkd(AnomalibModule):
         condition_channels: Channels of the positional encoding the flows are conditioned on, a multiple of 4;
             ``0`` disables conditioning. On MVTec bottle (EfficientNet-Lite0, 8 epochs) conditioning raised pixel
             AUROC from 0.966 to 0.977 and PRO from 0.861 to 0.896. Defaults to ``64``.
-        student_blocks: Dual-domain reconstruction blocks per student. Defaults to ``2``.
+        student_blocks: Dual-domain reconstruction blocks per student. Magnetic Tile with ImageNet weights, image /
+            pixel AUROC / PRO with 2 and 1, mean of seeds 0-2: 0.937 / 0.777 / 0.746 and 0.940 / 0.778 / 0.751;
+            :func:`~anomalib_dhkd.models.offline_dhkd` uses 1 with ImageNet weights (model README). Defaults to
+            ``2``.
         noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
             each channel's standard deviation. A random encoder gains from more (``RANDOM_ENCODER_PRESET`` uses
             ``1.0``); with ImageNet weights more trades pixel AUROC for PRO (model README). Defaults to ``0.5``.
