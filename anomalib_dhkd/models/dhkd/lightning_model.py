@@ -105,8 +105,9 @@ class Dhkd(AnomalibModule):
             AUROC from 0.966 to 0.977 and PRO from 0.861 to 0.896. Defaults to ``64``.
         student_blocks: Dual-domain reconstruction blocks per student. Magnetic Tile with ImageNet weights, image /
             pixel AUROC / PRO with 2 and 1, mean of seeds 0-2: 0.937 / 0.777 / 0.746 and 0.940 / 0.778 / 0.751;
-            :func:`~anomalib_dhkd.models.offline_dhkd` uses 1 with ImageNet weights (model README). Defaults to
-            ``2``.
+            without them 0.649 / 0.603 / 0.371 and 0.653 / 0.612 / 0.403.
+            :func:`~anomalib_dhkd.models.offline_dhkd` uses 1 with either encoder (model README). Defaults to
+            ``2``, unmeasured on other backbones.
         noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to
             each channel's standard deviation. A random encoder gains from more (``RANDOM_ENCODER_PRESET`` uses
             ``1.0``); with ImageNet weights more trades pixel AUROC for PRO (model README). Defaults to ``0.5``.

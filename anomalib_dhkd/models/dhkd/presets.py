@@ -16,13 +16,14 @@ OFFLINE_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 # With ImageNet weights the image score adds the stride-32 blocks.6 to the map's deepest layer (see Dhkd's
 # score_layers).
 OFFLINE_SCORE_LAYERS = ("blocks.4", "blocks.6")
-# With ImageNet weights each student has one dual-domain block, not the model default's two: a smaller student
-# reproduces the teacher less well off the normal manifold. See PRETRAINED_ENCODER_PRESET's measurements in the model
-# README ("Student depth").
+# With either encoder each student has one dual-domain block, not the model default's two: a smaller student
+# reproduces the teacher less well off the normal manifold. Measured on this backbone only, three seeds per track
+# (model README, "One dual-domain block per student").
+OFFLINE_STUDENT_BLOCKS = 1
 PRETRAINED_ENCODER_PRESET: dict[str, Any] = {
     "layers": OFFLINE_LAYERS,
     "score_layers": OFFLINE_SCORE_LAYERS,
-    "student_blocks": 1,
+    "student_blocks": OFFLINE_STUDENT_BLOCKS,
 }
 # Without ImageNet weights the same three pairs are trained, but the map leaves out the stride-4 blocks.1, whose
 # random features respond to normal texture, and fuses raw discrepancies smoothed more; the image score keeps all
@@ -36,6 +37,7 @@ RANDOM_ENCODER_PRESET: dict[str, Any] = {
     "standardize_map": False,
     "blur_sigma": 12.0,
     "score_blur_sigma": 4.0,
+    "student_blocks": OFFLINE_STUDENT_BLOCKS,
 }
 
 
@@ -47,10 +49,9 @@ def offline_preset(pre_trained: bool) -> dict[str, Any]:
 def offline_dhkd(image_size: int = 256, pre_trained: bool = True, **overrides: Any) -> Dhkd:
     """Build DHKD on ``tf_efficientnet_lite0``, the backbone with offline weights.
 
-    With ImageNet weights the anomaly map comes from :data:`OFFLINE_LAYERS`, the image score from
-    :data:`OFFLINE_SCORE_LAYERS`, and each student has one dual-domain block (:data:`PRETRAINED_ENCODER_PRESET`);
-    without them the layers and scoring are :data:`RANDOM_ENCODER_PRESET`'s
-    (:func:`offline_preset`).
+    With ImageNet weights the anomaly map comes from :data:`OFFLINE_LAYERS` and the image score from
+    :data:`OFFLINE_SCORE_LAYERS` (:data:`PRETRAINED_ENCODER_PRESET`); without them the layers and scoring are
+    :data:`RANDOM_ENCODER_PRESET`'s (:func:`offline_preset`). Either way each student has one dual-domain block.
 
     The ImageNet weights come from the local Hugging Face cache (``python -m anomalib_dhkd.weights install``).
 
