@@ -172,10 +172,9 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
     defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    for name in ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp"):
+    for name in ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp", "noise_correlation"):
         assert options[name] == defaults[name]
-    preset_names = ("noise_level", "noise_correlation", "standardize_map", "blur_sigma", "score_blur_sigma")
-    for name in (*preset_names, "student_blocks"):  # the preset's
+    for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma", "student_blocks"):  # the preset's
         assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert options["freeze_teacher"] is False  # no warm-up: teacher and student train together

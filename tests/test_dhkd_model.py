@@ -404,6 +404,7 @@ def test_offline_preset_without_imagenet_weights_maps_two_raw_scales_and_scores_
     assert list(model.encoder.layers) == ["blocks.1", "blocks.2", "blocks.4"]
     assert (model.map_indices, model.score_indices, model.standardize_map) == ([1, 2], [0, 1, 2], False)
     assert model.noise_level == 1.0  # the preset's, twice the model default
+    assert model.noise_correlation == 1.0  # the model default: correlated over one feature cell
     assert {len(student.blocks) for student in model.students} == {1}  # the model default has 2
     generator = model.anomaly_map_generator
     kernel_sizes = (generator.blur.kernel.shape[-1], generator.score_blur.kernel.shape[-1])

@@ -27,12 +27,11 @@ PRETRAINED_ENCODER_PRESET: dict[str, Any] = {
 }
 # Without ImageNet weights the same three pairs are trained, but the map leaves out the stride-4 blocks.1, whose
 # random features respond to normal texture, and fuses raw discrepancies smoothed more; the image score keeps all
-# three standardised scales and the default smoothing. The student's input noise is doubled and independent at every
-# position. See RANDOM_ENCODER_PRESET's measurements in the model README.
+# three standardised scales and the default smoothing. The student's input noise is doubled (and, as by default,
+# correlated over one feature cell). See RANDOM_ENCODER_PRESET's measurements in the model README.
 RANDOM_ENCODER_PRESET: dict[str, Any] = {
     "layers": ("blocks.2", "blocks.4"),
     "noise_level": 1.0,
-    "noise_correlation": 0.0,
     "score_layers": OFFLINE_LAYERS,
     "standardize_map": False,
     "blur_sigma": 12.0,
