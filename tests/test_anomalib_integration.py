@@ -101,17 +101,21 @@ def test_teacher_trains_after_the_warmup_only_without_freeze_teacher(
     assert warmup.student_runs[1] > 0
 
 
-def test_fit_leaves_position_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
-    """The statistics the scores are standardised with come from the trained model's maps of the training images."""
+def test_fit_leaves_normal_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
+    """The statistics the scores are standardised with come from the trained model's outputs on the training images."""
     _, model, data = trained_tiny
     statistics = model.model.position_statistics
     assert [s.mean.shape[-1] for s in statistics] == [IMAGE_SIZE // 4, IMAGE_SIZE // 8, IMAGE_SIZE // 16]
     refitted = copy.deepcopy(model.model)
     transform = model.pre_processor.transform
-    refitted.fit_position_statistics(transform(batch.image) for batch in data.train_dataloader())
+    refitted.fit_normal_statistics(lambda: (transform(batch.image) for batch in data.train_dataloader()))
     for expected, actual in zip(refitted.position_statistics, statistics, strict=True):
         torch.testing.assert_close(actual.mean, expected.mean)
         torch.testing.assert_close(actual.std, expected.std)
+    fitted_fusion = dict(model.model.score_fusion.named_buffers())
+    assert fitted_fusion["source_std"].ne(1).all()  # calibrated, not the unfitted identity
+    for name, expected in refitted.score_fusion.named_buffers():
+        torch.testing.assert_close(fitted_fusion[name], expected)
 
 
 def test_validate_and_test_report_finite_metrics(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:

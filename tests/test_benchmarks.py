@@ -172,7 +172,14 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
     defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    for name in ("teacher_noise_level", "score_fraction", "affinity_weight", "flow_clamp", "noise_correlation"):
+    for name in (
+        "teacher_noise_level",
+        "score_fraction",
+        "affinity_weight",
+        "flow_clamp",
+        "noise_correlation",
+        "global_score",
+    ):
         assert options[name] == defaults[name]
     for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma", "student_blocks"):  # the preset's
         assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]

@@ -11,13 +11,16 @@ from anomalib_dhkd.components import (
     DualDomainStudent,
     FrequencyFilter,
     GaussianBlur,
+    GaussianDistance,
     PositionStandardizer,
     add_feature_noise,
     affinity_matrix,
+    channel_statistics,
     flow_negative_log_likelihood,
     irfft2,
     map_moments,
     rfft2,
+    vector_moments,
 )
 from anomalib_dhkd.components.fourier import irfft2_matmul, rfft2_matmul
 
@@ -184,6 +187,44 @@ def test_position_standardizer_floors_the_std_and_loads_fitted_statistics() -> N
     fresh.load_state_dict(standardizer.state_dict())
     probe = torch.rand(3, 1, 4, 4)
     torch.testing.assert_close(fresh(probe), standardizer(probe))
+
+
+def test_channel_statistics_are_per_image_channel_means_then_standard_deviations() -> None:
+    features = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    statistics = channel_statistics(features)
+    assert statistics.shape == (2, 6)
+    torch.testing.assert_close(statistics[1, 2], features[1, 2].mean())
+    torch.testing.assert_close(statistics[0, 4], features[0, 1].std())
+
+
+def test_gaussian_distance_is_zero_until_fitted_then_the_shrunk_mahalanobis_distance() -> None:
+    torch.manual_seed(0)
+    mixing = torch.randn(6, 6)
+    normal = torch.randn(300, 6) @ mixing + torch.arange(6.0)  # correlated, off-centre
+    distance = GaussianDistance(dim=6, shrinkage=0.1)
+    assert distance(normal[:4]).eq(0).all()
+    distance.fit(vector_moments(normal[:100]) + vector_moments(normal[100:]))  # batch moments add up
+    covariance = normal.double().T.cov()
+    shrunk = 0.9 * covariance + 0.1 * covariance.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+    probe = torch.randn(5, 6)
+    centred = (probe - normal.mean(dim=0)).double()
+    expected = ((centred @ torch.linalg.inv(shrunk)) * centred).sum(dim=1)
+    torch.testing.assert_close(distance(probe), expected.float(), rtol=1e-4, atol=1e-5)
+    outlier = normal.mean(dim=0) + 3 * mixing[0]  # far along a direction normal vectors vary in, by their units
+    assert distance(outlier[None]).item() > distance(normal).median().item()
+    with pytest.raises(ValueError, match="at least two normal images"):
+        distance.fit(vector_moments(normal[:1]))
+
+
+def test_gaussian_distance_fits_fewer_vectors_than_dimensions() -> None:
+    """The shrinkage keeps the covariance invertible when a small training set meets wide latent statistics."""
+    torch.manual_seed(0)
+    distance = GaussianDistance(dim=64)
+    distance.fit(vector_moments(torch.randn(10, 64)))
+    assert torch.isfinite(distance.precision).all()
+    assert torch.isfinite(distance(torch.randn(3, 64))).all()
+    with pytest.raises(ValueError, match="shrinkage"):
+        GaussianDistance(dim=4, shrinkage=0.0)
 
 
 @pytest.mark.parametrize("sigma", [1.5, 12.0])

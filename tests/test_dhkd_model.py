@@ -10,6 +10,7 @@ import yaml
 from anomalib.data import ImageBatch, InferenceBatch
 
 from anomalib_dhkd import Dhkd
+from anomalib_dhkd.components import channel_statistics
 from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd import torch_model
 from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
@@ -223,9 +224,9 @@ def test_scores_are_standardised_per_position_once_statistics_are_fitted(standar
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         before = model(images)
-        model.fit_position_statistics([torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)])
+        model.fit_normal_statistics(lambda: [torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)])
         after = model(images)
-        raw = model.discrepancies(model.extract_features(images))
+        raw = model.latents_and_discrepancies(model.extract_features(images))[1]
     statistics = model.position_statistics[-1]
     assert statistics.mean.shape == (1, *raw[-1].shape[1:]) == (1, 1, 4, 4)
     assert not model.training  # fitting left the mode as it was
@@ -236,7 +237,7 @@ def test_scores_are_standardised_per_position_once_statistics_are_fitted(standar
     assert not torch.allclose(after.pred_score, before.pred_score)
     assert torch.equal(after.anomaly_map, before.anomaly_map) != standardize_map
     with pytest.raises(ValueError, match="empty"):
-        model.fit_position_statistics([])
+        model.fit_normal_statistics(list)
 
 
 def test_score_of_a_standardised_map_on_its_own_layers_is_taken_from_the_map() -> None:
@@ -244,7 +245,7 @@ def test_score_of_a_standardised_map_on_its_own_layers_is_taken_from_the_map() -
     torch.manual_seed(0)
     model = DhkdModel(**TINY_MODEL, score_layers=TINY_MODEL["layers"], standardize_map=True).eval()
     with torch.no_grad():
-        model.fit_position_statistics([torch.rand(3, 3, 64, 64)])
+        model.fit_normal_statistics(lambda: [torch.rand(3, 3, 64, 64)])
         output = model(torch.rand(2, 3, 64, 64))
     torch.testing.assert_close(output.pred_score, top_fraction_mean(output.anomaly_map, 0.01))
 
@@ -261,13 +262,63 @@ def test_score_layers_get_their_own_pairs_and_only_enter_the_score() -> None:
     model.eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        model.fit_position_statistics([torch.rand(3, 3, 64, 64)])
+        model.fit_normal_statistics(lambda: [torch.rand(3, 3, 64, 64)])
         output = model(images)
-        raw = model.discrepancies(model.extract_features(images))
+        raw = model.latents_and_discrepancies(model.extract_features(images))[1]
     generator = model.anomaly_map_generator
     torch.testing.assert_close(output.anomaly_map, generator.blur(generator.fuse(raw[:3], (64, 64))))
     score_map = generator.blur(generator.fuse([model.position_statistics[i](raw[i]) for i in (3, 2)], (64, 64)))
     torch.testing.assert_close(output.pred_score, top_fraction_mean(score_map, 0.01))
+
+
+def local_score(model: DhkdModel, images: torch.Tensor) -> torch.Tensor:
+    """Top 1 % of the smoothed mean of the score layers' standardised discrepancies (without ``standardize_map``)."""
+    raw = model.latents_and_discrepancies(model.extract_features(images))[1]
+    generator = model.anomaly_map_generator
+    standardised = [model.position_statistics[i](raw[i]) for i in model.score_indices]
+    return top_fraction_mean(generator.blur(generator.fuse(standardised, images.shape[-2:])), 0.01)
+
+
+def test_global_score_adds_latent_distances_standardised_on_the_training_images() -> None:
+    """The image score sums the local score and each score layer's latent distance, standardised by normal images."""
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, score_layers=["blocks.1", "blocks.2"], standardize_map=False, global_score=True)
+    model.eval()
+    normal = [torch.rand(64, 3, 64, 64), torch.rand(60, 3, 64, 64)]  # more images than latent statistics
+    images = torch.rand(2, 3, 64, 64)
+    fusion = model.score_fusion
+    assert [d.mean.shape[0] for d in fusion.distances] == [2 * 24, 2 * 40]  # channel means and stds per layer
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).pred_score, local_score(model, images))  # unfitted: local only
+        model.fit_normal_statistics(lambda: normal)
+        output = model(images)
+
+        def sources(batch: torch.Tensor) -> torch.Tensor:
+            latents = model.latents_and_discrepancies(model.extract_features(batch))[0]
+            distances = [d(channel_statistics(latents[i])) for d, i in zip(fusion.distances, (0, 1), strict=True)]
+            return torch.stack([local_score(model, batch), *distances], dim=1)
+
+        calibrated = (sources(torch.cat(normal)) - fusion.source_mean) / fusion.source_std
+    torch.testing.assert_close(calibrated.mean(dim=0), torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(calibrated.std(dim=0), torch.ones(3), atol=1e-3, rtol=0)
+    expected = ((sources(images) - fusion.source_mean) / fusion.source_std).sum(dim=1)
+    torch.testing.assert_close(output.pred_score, expected)
+    assert fusion.distances[1](channel_statistics(torch.randn(2, 40, 8, 8))).gt(0).all()
+
+
+def test_checkpoints_without_the_global_score_still_load_and_score_locally() -> None:
+    """A state dict saved before ``global_score`` existed loads strictly; its model scores as it was trained to."""
+    torch.manual_seed(0)
+    older = DhkdModel(**TINY_MODEL).eval()  # no global score without ImageNet weights
+    with torch.no_grad():
+        older.fit_normal_statistics(lambda: [torch.rand(3, 3, 64, 64)])
+    assert older.score_fusion is None
+    model = DhkdModel(**TINY_MODEL, global_score=True).eval()
+    model.load_state_dict(older.state_dict(), strict=True)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).pred_score, older(images).pred_score)
+    assert model.score_fusion.source_std.eq(1).all()
 
 
 @pytest.mark.parametrize(
@@ -276,16 +327,18 @@ def test_score_layers_get_their_own_pairs_and_only_enter_the_score() -> None:
 def test_defaults_depend_on_the_encoders_weights(
     pre_trained: bool, teacher_noise_level: float, standardize_map: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Teacher noise only with ImageNet weights, a standardised map only without (measured in the docstrings)."""
+    """Teacher noise and the global score only with ImageNet weights, a standardised map only without (measured)."""
     from anomalib_dhkd.models.dhkd import torch_model
 
     random_encoder = torch_model.build_encoder(TINY_MODEL["backbone"], TINY_MODEL["layers"], pre_trained=False)
     monkeypatch.setattr(torch_model, "build_encoder", lambda *_: random_encoder)  # no weights needed either way
     model = DhkdModel(backbone=TINY_MODEL["backbone"], layers=TINY_MODEL["layers"], pre_trained=pre_trained)
     assert (model.teacher_noise_level, model.standardize_map) == (teacher_noise_level, standardize_map)
+    assert (model.score_fusion is not None) is pre_trained
     assert model.score_layers == (TINY_MODEL["layers"][-1:] if pre_trained else TINY_MODEL["layers"])
-    explicit = DhkdModel(**TINY_MODEL, teacher_noise_level=0.1, standardize_map=False)
+    explicit = DhkdModel(**TINY_MODEL, teacher_noise_level=0.1, standardize_map=False, global_score=True)
     assert (explicit.teacher_noise_level, explicit.standardize_map) == (0.1, False)
+    assert explicit.score_fusion is not None
 
 
 def test_top_fraction_mean_averages_the_highest_values() -> None:
@@ -345,7 +398,7 @@ def test_trained_model_scores_planted_defects_higher(texture_root) -> None:
             terms.total.backward()
             optimizer.step()
     dhkd.model.eval()
-    dhkd.model.fit_position_statistics(transform(batch.image) for batch in datamodule.train_dataloader())
+    dhkd.model.fit_normal_statistics(lambda: (transform(batch.image) for batch in datamodule.train_dataloader()))
     scores, labels, inside, outside = [], [], [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
@@ -410,7 +463,7 @@ def test_offline_preset_without_imagenet_weights_maps_two_raw_scales_and_scores_
     kernel_sizes = (generator.blur.kernel.shape[-1], generator.score_blur.kernel.shape[-1])
     assert kernel_sizes == (97, 33)  # +-4 sigma at sigma 12 and 4
     with torch.no_grad():
-        model.eval().fit_position_statistics([torch.rand(2, 3, 64, 64)])
+        model.eval().fit_normal_statistics(lambda: [torch.rand(2, 3, 64, 64)])
         output = model(torch.rand(2, 3, 64, 64))
     assert output.anomaly_map.shape == (2, 1, 64, 64)
     assert torch.isfinite(output.pred_score).all()

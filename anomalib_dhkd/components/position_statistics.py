@@ -8,12 +8,28 @@ from torch import nn
 
 
 def map_moments(maps: torch.Tensor) -> torch.Tensor:
-    """Count, sum and sum of squares over the batch of maps ``(N, 1, H, W)``, stacked to ``(3, 1, H, W)`` in float64.
+    """Count, sum and sum of squares over a batch ``(N, ...)`` (maps ``(N, 1, H, W)``), stacked to ``(3, ...)``.
 
-    Moments of several batches (or processes) add up, so statistics can be accumulated batch by batch.
+    In float64. Moments of several batches (or processes) add up, so statistics can be accumulated batch by batch.
     """
     maps = maps.double()
     return torch.stack([torch.full_like(maps[0], maps.shape[0]), maps.sum(dim=0), maps.pow(2).sum(dim=0)])
+
+
+def mean_and_std(moments: torch.Tensor, what: str = "Position statistics") -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise mean and sample standard deviation from summed :func:`map_moments` of at least two samples.
+
+    Raises:
+        ValueError: With fewer than two samples, since a standard deviation needs two; ``what`` names the statistics.
+
+    """
+    count, total, total_of_squares = moments
+    if count.min() < 2:
+        msg = f"{what} need at least two normal images, got {int(count.min())}."
+        raise ValueError(msg)
+    mean = total / count
+    variance = (total_of_squares - count * mean.pow(2)) / (count - 1)
+    return mean, variance.clamp_min(0).sqrt()
 
 
 class PositionStandardizer(nn.Module):
@@ -44,13 +60,7 @@ class PositionStandardizer(nn.Module):
             ValueError: With fewer than two maps, since a standard deviation needs two.
 
         """
-        count, total, total_of_squares = moments
-        if count.min() < 2:
-            msg = f"Position statistics need at least two normal images, got {int(count.min())}."
-            raise ValueError(msg)
-        mean = total / count
-        variance = (total_of_squares - count * mean.pow(2)) / (count - 1)
-        std = variance.clamp_min(0).sqrt()
+        mean, std = mean_and_std(moments)
         std = std.clamp_min(self.min_std_ratio * std.mean() + torch.finfo(torch.float32).tiny)
         self.mean = mean.unsqueeze(0).to(self.mean)
         self.std = std.unsqueeze(0).to(self.std)

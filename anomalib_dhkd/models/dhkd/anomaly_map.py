@@ -23,11 +23,13 @@ map's ``layers``. Without ImageNet weights the deep scales are the weak ones: bo
 standardised scales, 0.921 and 0.991, so the default scores on all of ``layers`` there.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from anomalib_dhkd.components import GaussianBlur
+from anomalib_dhkd.components import GaussianBlur, GaussianDistance, channel_statistics, mean_and_std
 
 
 def top_fraction_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -96,3 +98,54 @@ class AnomalyMapGenerator(nn.Module):
             fused_score = fused_map if score_scales is None else self.fuse(score_scales, image_size)
             score_map = (self.score_blur or self.blur)(fused_score)
         return anomaly_map, top_fraction_mean(score_map, self.score_fraction)
+
+
+class ImageScoreFusion(nn.Module):
+    """Add global evidence to the local image score: a calibrated sum over score sources.
+
+    The sources are the local score (top fraction of the standardised score map, :class:`AnomalyMapGenerator`) and,
+    per score layer, the squared Mahalanobis distance of the teacher latent's per-channel means and standard
+    deviations over the image to their Gaussian on normal images (:class:`~anomalib_dhkd.components.GaussianDistance`).
+    Each source is standardised with its mean and standard deviation on the normal training images and the
+    results are summed, so no source dominates by its units. Our addition; the paper does not say how it scores
+    images. The flow teacher's latent is whitened per position, so a defect that shifts a whole image a little
+    (uneven lighting, a long crack) moves its latent statistics while each position stays plausible. Magnetic Tile
+    with ImageNet weights, re-scoring trained models of seeds 0-2, image AUROC without and with: see the model README.
+
+    Until fitted, the distances are 0 and the calibration is the identity: the score is the local score, as
+    checkpoints saved without these entries scored, and such checkpoints still load.
+
+    Args:
+        latent_channels: Channels of each score layer's teacher latent.
+
+    """
+
+    def __init__(self, latent_channels: list[int]) -> None:
+        super().__init__()
+        self.distances = nn.ModuleList(GaussianDistance(2 * channels) for channels in latent_channels)
+        self.source_mean: torch.Tensor
+        self.source_std: torch.Tensor
+        self.register_buffer("source_mean", torch.zeros(1 + len(latent_channels)))
+        self.register_buffer("source_std", torch.ones(1 + len(latent_channels)))
+        self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
+
+    def sources(self, local_score: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
+        """Raw score sources ``(N, 1 + K)``: the local score, then the distance of each of the ``K`` latents."""
+        distances = [distance(channel_statistics(z)) for distance, z in zip(self.distances, latents, strict=True)]
+        return torch.stack([local_score, *distances], dim=1)
+
+    def fit_calibration(self, moments: torch.Tensor) -> None:
+        """Set each source's mean and standard deviation from summed ``map_moments`` ``(3, 1 + K)`` of sources."""
+        mean, std = mean_and_std(moments, "Image score calibration")
+        self.source_mean = mean.to(self.source_mean)
+        self.source_std = std.clamp_min(torch.finfo(torch.float32).eps).to(self.source_std)
+
+    def forward(self, sources: torch.Tensor) -> torch.Tensor:
+        """Image scores ``(N,)``: the sum of the standardised sources ``(N, 1 + K)``."""
+        return ((sources - self.source_mean) / self.source_std).sum(dim=1)
+
+
+def _keep_unfitted_when_missing(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
+    """Load-state-dict pre-hook: entries missing from an older checkpoint keep their unfitted values."""
+    for name, buffer in module.named_buffers():
+        state_dict.setdefault(prefix + name, buffer)

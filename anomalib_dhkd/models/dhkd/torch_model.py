@@ -18,7 +18,9 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
               S_k = Student_k(x_k)          (inference)
     d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
     anomaly map = Gaussian-smoothed (blur_sigma) mean of d_k over `layers` (of z_k with standardize_map)
-    image score = mean of the top 1 % of the Gaussian-smoothed (score_blur_sigma) mean of z_k over `score_layers`
+    local score = mean of the top 1 % of the Gaussian-smoothed (score_blur_sigma) mean of z_k over `score_layers`
+    image score = local score + Mahalanobis distances of the channel statistics of T_k over `score_layers`, each
+                  standardised on normal images (global_score; ImageScoreFusion)
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -30,12 +32,23 @@ from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
-from anomalib_dhkd.components import ConvFlow, DualDomainStudent, PositionStandardizer, add_feature_noise, map_moments
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy
+from anomalib_dhkd.components import (
+    ConvFlow,
+    DualDomainStudent,
+    PositionStandardizer,
+    add_feature_noise,
+    channel_statistics,
+    map_moments,
+    vector_moments,
+)
+from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, ImageScoreFusion, squared_discrepancy
 from anomalib_dhkd.models.dhkd.loss import check_something_trains
 
 # Teacher dequantisation noise by encoder (see DhkdModel): it helps pretrained features and hurts random ones.
 DEFAULT_TEACHER_NOISE_LEVEL = {True: 0.3, False: 0.0}
+# Global latent distances in the image score by encoder (see ImageScoreFusion): pretrained latents' image statistics
+# carry evidence the local score misses; a random encoder's do not.
+DEFAULT_GLOBAL_SCORE = {True: True, False: False}
 
 
 class DhkdTrainingOutput(NamedTuple):
@@ -127,6 +140,9 @@ class DhkdModel(nn.Module):
         score_fraction: Share of the highest values of the smoothed score map averaged into the image score.
         standardize_map: Fuse the per-position standardised discrepancies into the anomaly map instead of the raw
             ones; ``None``: only without ImageNet weights.
+        global_score: Add to the local image score the distances of the score layers' teacher-latent channel
+            statistics to those of normal images (:class:`ImageScoreFusion`); ``None``: only with ImageNet weights
+            (:data:`DEFAULT_GLOBAL_SCORE`).
 
     Example:
         >>> model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4"],
@@ -154,6 +170,7 @@ class DhkdModel(nn.Module):
         score_blur_sigma: float | None = None,
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
+        global_score: bool | None = None,
     ) -> None:
         super().__init__()
         noise = {
@@ -187,6 +204,9 @@ class DhkdModel(nn.Module):
         self.anomaly_map_generator = AnomalyMapGenerator(
             sigma=blur_sigma, score_fraction=score_fraction, score_sigma=score_blur_sigma
         )
+        if global_score is None:
+            global_score = DEFAULT_GLOBAL_SCORE[pre_trained]
+        self.score_fusion = ImageScoreFusion([channels[i] for i in self.score_indices]) if global_score else None
         # Channels-last weights make every convolution, and the activations after it, channels-last (oneDNN on CPU,
         # cuDNN on GPU). On 2 CPU cores a training step then took 6 to 20 % less time and inference 19 to 25 % less,
         # with outputs equal to 1e-5; converting only the inputs did not help (FFT, padding and concatenation
@@ -252,42 +272,94 @@ class DhkdModel(nn.Module):
         latents, log_dets = zip(*(teacher(f) for teacher, f in zip(self.teachers, features, strict=True)), strict=True)
         return list(latents), list(log_dets)
 
-    def discrepancies(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-scale teacher-student discrepancy maps ``(N, 1, h_k, w_k)`` of clean features."""
-        return [
-            squared_discrepancy(student(f), teacher(f)[0])
-            for teacher, student, f in zip(self.teachers, self.students, features, strict=True)
+    def latents_and_discrepancies(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-scale teacher latents of clean features and teacher-student discrepancy maps ``(N, 1, h_k, w_k)``."""
+        latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
+        discrepancies = [
+            squared_discrepancy(student(f), z) for student, f, z in zip(self.students, features, latents, strict=True)
         ]
+        return latents, discrepancies
 
     @torch.no_grad()
-    def fit_position_statistics(
+    def fit_normal_statistics(
         self,
-        images: Iterable[torch.Tensor],
+        images: Callable[[], Iterable[torch.Tensor]],
         sum_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        """Fit each scale's per-position discrepancy statistics on batches of normal (pre-processed) images.
+        """Fit the statistics of normal images that scoring uses, in inference passes over the training images.
+
+        The first pass fits each scale's per-position discrepancy statistics and, with ``global_score``, the Gaussians
+        of the score layers' latent channel statistics; a second pass (``global_score`` only) calibrates the image
+        score's sources (:class:`ImageScoreFusion`).
 
         Args:
-            images: Batches ``(N, 3, H, W)`` of normal training images, at the size the model will be run at.
+            images: Returns a fresh iterable of batches ``(N, 3, H, W)`` of normal (pre-processed) training images,
+                at the size the model will be run at, once per pass.
             sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
 
         """
         was_training = self.training
         self.eval()  # the feature norms must not update their running statistics here
-        moments: list[torch.Tensor] | None = None
+        total = sum_across_processes or (lambda moments: moments)
         try:
-            for batch in images:
-                batch_moments = [map_moments(d) for d in self.discrepancies(self.extract_features(batch))]
-                if moments is not None:
-                    batch_moments = [m + b for m, b in zip(moments, batch_moments, strict=True)]
-                moments = batch_moments
+            moments = [total(m) for m in self._summed_over_batches(images(), self._statistics_moments)]
+            scales = len(self.position_statistics)
+            for statistics, scale_moments in zip(self.position_statistics, moments[:scales], strict=True):
+                statistics.fit(scale_moments)
+            if self.score_fusion is not None:
+                for distance, latent_moments in zip(self.score_fusion.distances, moments[scales:], strict=True):
+                    distance.fit(latent_moments)
+                (source_moments,) = self._summed_over_batches(images(), self._source_moments)
+                self.score_fusion.fit_calibration(total(source_moments))
         finally:
             self.train(was_training)
-        if moments is None:
-            msg = "Position statistics need normal training images; the given image batches were empty."
+
+    @staticmethod
+    def _summed_over_batches(
+        batches: Iterable[torch.Tensor], moments_of: Callable[[torch.Tensor], list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """Sum ``moments_of(batch)`` over the batches.
+
+        Raises:
+            ValueError: If there are no batches.
+
+        """
+        summed: list[torch.Tensor] | None = None
+        for batch in batches:
+            moments = moments_of(batch)
+            summed = moments if summed is None else [s + m for s, m in zip(summed, moments, strict=True)]
+        if summed is None:
+            msg = "Statistics of normal images need training images; the given image batches were empty."
             raise ValueError(msg)
-        for statistics, scale_moments in zip(self.position_statistics, moments, strict=True):
-            statistics.fit(sum_across_processes(scale_moments) if sum_across_processes else scale_moments)
+        return summed
+
+    def _statistics_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Moments of each scale's discrepancy map, then (``global_score``) of each score layer's latent statistics."""
+        latents, discrepancies = self.latents_and_discrepancies(self.extract_features(images))
+        moments = [map_moments(d) for d in discrepancies]
+        if self.score_fusion is not None:
+            moments += [vector_moments(channel_statistics(latents[i])) for i in self.score_indices]
+        return moments
+
+    def _source_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Moments of the image score's sources."""
+        return [map_moments(self._anomaly_map_and_sources(images)[1])]
+
+    def _anomaly_map_and_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly map ``(N, 1, H, W)`` and image-score sources ``(N, S)`` (the local score alone without fusion)."""
+        latents, discrepancies = self.latents_and_discrepancies(self.extract_features(images))
+        standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
+        standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
+        map_source = standardised if self.standardize_map else discrepancies
+        score_is_map = self.standardize_map and self.score_indices == self.map_indices
+        anomaly_map, local_score = self.anomaly_map_generator(
+            [map_source[i] for i in self.map_indices],
+            None if score_is_map else [standardised[i] for i in self.score_indices],
+            image_size=images.shape[-2:],
+        )
+        if self.score_fusion is None:
+            return anomaly_map, local_score.unsqueeze(1)
+        return anomaly_map, self.score_fusion.sources(local_score, [latents[i] for i in self.score_indices])
 
     def forward(
         self,
@@ -299,22 +371,13 @@ class DhkdModel(nn.Module):
 
         ``train_teacher`` and ``train_student`` apply to training mode only (see :meth:`training_outputs`).
 
-        The image score is the mean of the top ``score_fraction`` of the smoothed mean of the per-position
+        The local image score is the mean of the top ``score_fraction`` of the smoothed mean of the per-position
         standardised discrepancies of ``score_layers`` (see :mod:`anomalib_dhkd.models.dhkd.anomaly_map` for the
-        measurements behind this choice).
+        measurements behind this choice); with ``global_score`` the image score adds the score layers' latent
+        distances to it (:class:`ImageScoreFusion`).
         """
-        features = self.extract_features(images)
         if self.training:
-            return self.training_outputs(features, train_teacher, train_student)
-
-        discrepancies = self.discrepancies(features)
-        standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
-        standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
-        map_source = standardised if self.standardize_map else discrepancies
-        score_is_map = self.standardize_map and self.score_indices == self.map_indices
-        anomaly_map, pred_score = self.anomaly_map_generator(
-            [map_source[i] for i in self.map_indices],
-            None if score_is_map else [standardised[i] for i in self.score_indices],
-            image_size=images.shape[-2:],
-        )
+            return self.training_outputs(self.extract_features(images), train_teacher, train_student)
+        anomaly_map, sources = self._anomaly_map_and_sources(images)
+        pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
