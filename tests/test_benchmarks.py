@@ -179,6 +179,8 @@ def test_dhkd_records_state_the_model_defaults() -> None:
         "flow_clamp",
         "noise_correlation",
         "global_score",
+        "coherence_weight",
+        "coherence_window",
     ):
         assert options[name] == defaults[name]
     for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma", "student_blocks"):  # the preset's

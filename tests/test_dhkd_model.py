@@ -13,7 +13,13 @@ from anomalib_dhkd import Dhkd
 from anomalib_dhkd.components import channel_statistics
 from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd import torch_model
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, squared_discrepancy, top_fraction_mean
+from anomalib_dhkd.models.dhkd.anomaly_map import (
+    AnomalyMapGenerator,
+    MapCoherence,
+    discrepancy_coherence,
+    squared_discrepancy,
+    top_fraction_mean,
+)
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.presets import offline_preset
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput, flow_condition_channels
@@ -321,13 +327,68 @@ def test_checkpoints_without_the_global_score_still_load_and_score_locally() -> 
     assert model.score_fusion.source_std.eq(1).all()
 
 
+def test_discrepancy_coherence_is_one_for_alike_misses_and_small_for_a_single_one() -> None:
+    """A residual alike over the neighbourhood is fully coherent; one strong miss among 49 cells is 1/49 coherent."""
+    alike = torch.randn(2, 5, 1, 1).expand(2, 5, 12, 12)
+    torch.testing.assert_close(discrepancy_coherence(alike, 7), torch.ones(2, 1, 12, 12))
+    spike = torch.zeros(1, 5, 12, 12)
+    spike[0, :, 6, 6] = torch.randn(5)
+    coherence = discrepancy_coherence(spike, 7)
+    torch.testing.assert_close(coherence[0, 0, 6, 6], torch.tensor(1 / 49))
+    assert coherence.shape == (1, 1, 12, 12)
+    noise = discrepancy_coherence(torch.randn(4, 8, 16, 16), 5)
+    assert noise.ge(0).all()
+    assert noise.le(1 + 1e-6).all()
+    assert noise.mean() < 0.2
+
+
+def test_map_coherence_adds_the_coherence_scaled_to_the_local_maps_spread_on_normal_images() -> None:
+    """Unfitted, the map is the local map; fitted, it adds the smoothed coherence at weight x std ratio."""
+    torch.manual_seed(0)
+    model = DhkdModel(**TINY_MODEL, coherence_weight=0.5, coherence_window=3).eval()
+    assert model.score_fusion is None  # the coherence alone also fits in the second pass
+    normal = [torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)]
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        local_map, coherence_map, _ = model._maps_and_sources(images)
+        torch.testing.assert_close(model(images).anomaly_map, local_map)  # unfitted
+        model.fit_normal_statistics(lambda: normal)
+        local_map, coherence_map, _ = model._maps_and_sources(images)
+        normal_maps = [model._maps_and_sources(torch.cat(normal))[i] for i in (0, 1)]
+        output = model(images).anomaly_map
+    local_std, coherence_std = (m.double().std() for m in normal_maps)
+    torch.testing.assert_close(model.map_coherence.scale.double(), 0.5 * local_std / coherence_std, rtol=1e-4, atol=0)
+    torch.testing.assert_close(output, local_map + model.map_coherence.scale * coherence_map)
+    assert coherence_map.shape == local_map.shape == (2, 1, 64, 64)
+    assert (output - local_map).abs().max() > 0
+
+
+def test_map_coherence_rejects_bad_settings_and_old_checkpoints_map_as_before() -> None:
+    """An even window or a negative weight fails; a state dict saved without the coherence loads and maps locally."""
+    with pytest.raises(ValueError, match="odd"):
+        MapCoherence(window=4, weight=0.25)
+    with pytest.raises(ValueError, match="positive"):
+        DhkdModel(**TINY_MODEL, coherence_weight=-1.0)
+    torch.manual_seed(0)
+    older = DhkdModel(**TINY_MODEL).eval()  # no coherence without ImageNet weights
+    with torch.no_grad():
+        older.fit_normal_statistics(lambda: [torch.rand(3, 3, 64, 64)])
+    assert older.map_coherence is None
+    model = DhkdModel(**TINY_MODEL, coherence_weight=0.25).eval()
+    model.load_state_dict(older.state_dict(), strict=True)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).anomaly_map, older(images).anomaly_map)
+
+
 @pytest.mark.parametrize(
     ("pre_trained", "teacher_noise_level", "standardize_map"), [(True, 0.3, False), (False, 0.0, True)]
 )
 def test_defaults_depend_on_the_encoders_weights(
     pre_trained: bool, teacher_noise_level: float, standardize_map: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Teacher noise and the global score only with ImageNet weights, a standardised map only without (measured)."""
+    """Teacher noise, the global score and the map coherence only with ImageNet weights, a standardised map only
+    without (measured)."""
     from anomalib_dhkd.models.dhkd import torch_model
 
     random_encoder = torch_model.build_encoder(TINY_MODEL["backbone"], TINY_MODEL["layers"], pre_trained=False)
@@ -335,6 +396,7 @@ def test_defaults_depend_on_the_encoders_weights(
     model = DhkdModel(backbone=TINY_MODEL["backbone"], layers=TINY_MODEL["layers"], pre_trained=pre_trained)
     assert (model.teacher_noise_level, model.standardize_map) == (teacher_noise_level, standardize_map)
     assert (model.score_fusion is not None) is pre_trained
+    assert (model.map_coherence is not None) is pre_trained
     assert model.score_layers == (TINY_MODEL["layers"][-1:] if pre_trained else TINY_MODEL["layers"])
     explicit = DhkdModel(**TINY_MODEL, teacher_noise_level=0.1, standardize_map=False, global_score=True)
     assert (explicit.teacher_noise_level, explicit.standardize_map) == (0.1, False)

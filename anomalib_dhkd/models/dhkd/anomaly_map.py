@@ -23,7 +23,8 @@ map's ``layers``. Without ImageNet weights the deep scales are the weak ones: bo
 standardised scales, 0.921 and 0.991, so the default scores on all of ``layers`` there.
 
 With ImageNet weights the image score adds the score layers' global latent statistics to the local score
-(:class:`ImageScoreFusion`).
+(:class:`ImageScoreFusion`), and the anomaly map adds the coherence of the deepest map layer's discrepancy
+(:class:`MapCoherence`).
 """
 
 from typing import Any
@@ -45,6 +46,23 @@ def top_fraction_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
 def squared_discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Per-position squared discrepancy ``mean_c (S - T)^2`` of shape ``(N, 1, H, W)``."""
     return (student - teacher).pow(2).mean(dim=1, keepdim=True)
+
+
+def discrepancy_coherence(residual: torch.Tensor, window: int) -> torch.Tensor:
+    """Share of the discrepancy in each ``window`` x ``window`` neighbourhood that is spatially coherent.
+
+    ``mean_c (avg_w r_c)^2 / avg_w (mean_c r_c^2)`` of the residual ``r = S - T``, ``(N, C, h, w) -> (N, 1, h, w)``, in
+    ``[0, 1]`` (Jensen's inequality): near 1 where the student misses the teacher the same way across the whole
+    neighbourhood (a lighting gradient, a large low-contrast defect), near ``1 / window^2`` where the misses are
+    independent (normal noise) or confined to a few cells (a small defect, which the local discrepancy shows).
+    """
+
+    def neighbourhood_mean(maps: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(maps, window, stride=1, padding=window // 2, count_include_pad=False)
+
+    coherent = neighbourhood_mean(residual).pow(2).mean(dim=1, keepdim=True)
+    total = neighbourhood_mean(residual.pow(2).mean(dim=1, keepdim=True))
+    return coherent / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def gaussian_blur(sigma: float) -> nn.Module:
@@ -78,6 +96,10 @@ class AnomalyMapGenerator(nn.Module):
         upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
         return torch.stack(upsampled).mean(dim=0)
 
+    def smooth(self, maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Fuse ``maps`` and smooth them as the anomaly map is, ``(N, 1, *image_size)``."""
+        return self.blur(self.fuse(maps, image_size))
+
     def forward(
         self,
         map_scales: list[torch.Tensor],
@@ -101,6 +123,56 @@ class AnomalyMapGenerator(nn.Module):
             fused_score = fused_map if score_scales is None else self.fuse(score_scales, image_size)
             score_map = (self.score_blur or self.blur)(fused_score)
         return anomaly_map, top_fraction_mean(score_map, self.score_fraction)
+
+
+class MapCoherence(nn.Module):
+    """Add the coherence of a layer's teacher-student discrepancy to the anomaly map, in the local map's units.
+
+    The local discrepancy ``mean_c (S - T)^2`` of a defect that shifts a large region a little (Magnetic Tile's
+    uneven lighting) stays within the spread of normal texture at every position; the misses are small but alike
+    across the region, which :func:`discrepancy_coherence` measures. The smoothed coherence map is scaled to the
+    local map's standard deviation on the normal training images, times ``weight``, and added. Our addition; the
+    paper's map is the local discrepancy. Re-scoring trained models (pixel AUROC / PRO, ``offline_dhkd``, window 7 of
+    ``blocks.4``, weight 0 and 0.25, seeds 0-2 of Magnetic Tile): +2.0 to +2.3 points of pixel AUROC for -0.3 to
+    0.0 of PRO; MVTec bottle -0.04 and -0.75 (model README, "Discrepancy coherence").
+
+    Until fitted the scale is 0 and the map is the local map, as checkpoints saved without it mapped, and such
+    checkpoints still load.
+
+    Args:
+        window: Side of the neighbourhood in cells of the layer, odd.
+        weight: Weight of the coherence map relative to the local map's spread on normal images, positive.
+
+    """
+
+    def __init__(self, window: int, weight: float) -> None:
+        super().__init__()
+        if window < 1 or window % 2 == 0:
+            msg = f"coherence_window must be an odd number of cells, got {window}."
+            raise ValueError(msg)
+        if weight <= 0:
+            msg = f"The coherence weight must be positive (0 turns the coherence off), got {weight}."
+            raise ValueError(msg)
+        self.window = window
+        self.weight = weight
+        self.scale: torch.Tensor
+        self.register_buffer("scale", torch.zeros(()))
+        self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
+
+    def fit(self, local_moments: torch.Tensor, coherence_moments: torch.Tensor) -> None:
+        """Set the scale from summed pixel :func:`map_moments` ``(3,)`` of normal local and coherence maps."""
+        local_std = mean_and_std(local_moments, "Map coherence statistics")[1]
+        coherence_std = mean_and_std(coherence_moments, "Map coherence statistics")[1]
+        scale = self.weight * local_std / coherence_std.clamp_min(torch.finfo(torch.float32).eps)
+        self.scale = scale.to(self.scale)
+
+    def forward(self, local_map: torch.Tensor, coherence_map: torch.Tensor) -> torch.Tensor:
+        """Anomaly map ``(N, 1, H, W)``: the local map plus the scaled coherence map."""
+        return local_map + self.scale * coherence_map
+
+    def extra_repr(self) -> str:
+        """Show the window and the weight."""
+        return f"window={self.window}, weight={self.weight}"
 
 
 class ImageScoreFusion(nn.Module):

@@ -150,6 +150,16 @@ class Dhkd(AnomalibModule):
             points in every seed); bottle stays at 1.000; the demo's unaligned brick crops 1.000 and 0.990. Without
             ImageNet weights it hurts: bottle 0.983 and 0.881, Magnetic Tile 0.668 and 0.596 (model README).
             ``None``: only with ImageNet weights. The anomaly map is unchanged. Defaults to ``None``.
+        coherence_weight: Add to the anomaly map the coherence of the deepest map layer's discrepancy,
+            ``mean_c (avg S - T)^2 / avg mean_c (S - T)^2`` over ``coherence_window`` cells, scaled to this weight
+            times the local map's standard deviation on the training images (our addition; ``MapCoherence`` in
+            ``anomaly_map.py``). A defect that shifts a large region a little (uneven lighting) leaves small but
+            alike misses there. Re-scoring trained :func:`~anomalib_dhkd.models.offline_dhkd` models on Magnetic
+            Tile, seeds 0-2, weight 0 and 0.25: pixel AUROC +2.0 to +2.3 points, PRO -0.3 to 0.0; MVTec bottle -0.04
+            and -0.75 (model README, "Discrepancy coherence"). ``0``: none; ``None``: 0.25 with ImageNet weights,
+            0 without. Defaults to ``None``.
+        coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd (7: 112 px at
+            stride 16). Defaults to ``7``.
         learning_rate: Adam learning rate. Defaults to ``1e-3``.
         teacher_warmup_epochs: Epochs during which only the teacher trains. Defaults to ``2``.
         freeze_teacher: Freeze the teacher after the warm-up and train only the student (two-stage training);
@@ -191,6 +201,8 @@ class Dhkd(AnomalibModule):
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
         global_score: bool | None = None,
+        coherence_weight: float | None = None,
+        coherence_window: int = 7,
         learning_rate: float = 1e-3,
         teacher_warmup_epochs: int = 2,
         freeze_teacher: bool = True,
@@ -237,6 +249,8 @@ class Dhkd(AnomalibModule):
             score_fraction=score_fraction,
             standardize_map=standardize_map,
             global_score=global_score,
+            coherence_weight=coherence_weight,
+            coherence_window=coherence_window,
         )
         self.loss = DhkdLoss(
             distillation_weight=distillation_weight,
@@ -316,7 +330,7 @@ class Dhkd(AnomalibModule):
     def fit_normal_statistics(self) -> None:
         """Fit the statistics of normal images that scoring uses on the training images (all processes).
 
-        One inference pass over the training images, two with ``global_score``
+        One inference pass over the training images, two with ``global_score`` or ``coherence_weight``
         (:meth:`~anomalib_dhkd.models.dhkd.torch_model.DhkdModel.fit_normal_statistics`).
         """
         logger.info("DHKD: fitting the statistics of normal images on the training images.")

@@ -18,6 +18,8 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
               S_k = Student_k(x_k)          (inference)
     d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
     anomaly map = Gaussian-smoothed (blur_sigma) mean of d_k over `layers` (of z_k with standardize_map)
+                  + the smoothed coherence of S_k - T_k of the deepest of `layers`, scaled on normal images
+                  (coherence_weight; MapCoherence)
     local score = mean of the top 1 % of the Gaussian-smoothed (score_blur_sigma) mean of z_k over `score_layers`
     image score = local score + Mahalanobis distances of the channel statistics of T_k over `score_layers`, each
                   standardised on normal images (global_score; ImageScoreFusion)
@@ -41,11 +43,28 @@ from anomalib_dhkd.components import (
     map_moments,
     vector_moments,
 )
-from anomalib_dhkd.models.dhkd.anomaly_map import AnomalyMapGenerator, ImageScoreFusion, squared_discrepancy
+from anomalib_dhkd.models.dhkd.anomaly_map import (
+    AnomalyMapGenerator,
+    ImageScoreFusion,
+    MapCoherence,
+    discrepancy_coherence,
+    squared_discrepancy,
+)
 from anomalib_dhkd.models.dhkd.loss import check_something_trains
 
 # Teacher dequantisation noise by encoder (see DhkdModel): it helps pretrained features and hurts random ones.
 DEFAULT_TEACHER_NOISE_LEVEL = {True: 0.3, False: 0.0}
+# Weight of the discrepancy coherence in the anomaly map by encoder (see DhkdModel); 0: none.
+DEFAULT_COHERENCE_WEIGHT = {True: 0.25, False: 0.0}
+
+
+class ScaleOutputs(NamedTuple):
+    """Per-scale inference outputs that the anomaly map and the image score are built from."""
+
+    teacher_latents: list[torch.Tensor]
+    discrepancies: list[torch.Tensor]
+    # Coherence of the deepest map layer's discrepancy; None without MapCoherence.
+    coherence: torch.Tensor | None
 
 
 class DhkdTrainingOutput(NamedTuple):
@@ -140,6 +159,10 @@ class DhkdModel(nn.Module):
         global_score: Add to the local image score the distances of the score layers' teacher-latent channel
             statistics to those of normal images (:class:`ImageScoreFusion`); ``None``: only with ImageNet weights,
             whose latents' image statistics carry evidence the local score misses (a random encoder's do not).
+        coherence_weight: Weight of the deepest map layer's discrepancy coherence in the anomaly map, relative to
+            the local map's spread on normal images (:class:`MapCoherence`); ``0``: none; ``None``: 0.25 with
+            ImageNet weights, 0 without (:data:`DEFAULT_COHERENCE_WEIGHT`).
+        coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd.
 
     Example:
         >>> model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4"],
@@ -168,6 +191,8 @@ class DhkdModel(nn.Module):
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
         global_score: bool | None = None,
+        coherence_weight: float | None = None,
+        coherence_window: int = 7,
     ) -> None:
         super().__init__()
         noise = {
@@ -179,10 +204,13 @@ class DhkdModel(nn.Module):
         if negative:  # before the encoder loads, not at the first training step
             msg = f"Noise settings must be non-negative, got {negative}."
             raise ValueError(msg)
+        coherence_weight = DEFAULT_COHERENCE_WEIGHT[pre_trained] if coherence_weight is None else coherence_weight
+        self.map_coherence = MapCoherence(coherence_window, coherence_weight) if coherence_weight else None
         self.score_layers = default_score_layers(layers, pre_trained) if score_layers is None else list(score_layers)
         self.encoder = build_encoder(backbone, encoder_layer_names(layers, self.score_layers), pre_trained)
         extracted = list(self.encoder.layers)
         self.map_indices = [extracted.index(layer) for layer in layers]
+        self.coherence_index = max(self.map_indices)  # the deepest map layer: extracted layers are in depth order
         self.score_indices = [extracted.index(layer) for layer in self.score_layers]
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
@@ -268,13 +296,19 @@ class DhkdModel(nn.Module):
         latents, log_dets = zip(*(teacher(f) for teacher, f in zip(self.teachers, features, strict=True)), strict=True)
         return list(latents), list(log_dets)
 
-    def latents_and_discrepancies(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-scale teacher latents of clean features and teacher-student discrepancy maps ``(N, 1, h_k, w_k)``."""
+    def latents_and_discrepancies(self, features: list[torch.Tensor]) -> ScaleOutputs:
+        """Per-scale teacher latents of clean features and discrepancy maps ``(N, 1, h_k, w_k)``.
+
+        With ``coherence_weight``, also the coherence of the deepest map layer's discrepancy.
+        """
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
-        discrepancies = [
-            squared_discrepancy(student(f), z) for student, f, z in zip(self.students, features, latents, strict=True)
-        ]
-        return latents, discrepancies
+        predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
+        discrepancies = [squared_discrepancy(s, z) for s, z in zip(predictions, latents, strict=True)]
+        coherence = None
+        if self.map_coherence is not None:
+            residual = predictions[self.coherence_index] - latents[self.coherence_index]
+            coherence = discrepancy_coherence(residual, self.map_coherence.window)
+        return ScaleOutputs(latents, discrepancies, coherence)
 
     @torch.no_grad()
     def fit_normal_statistics(
@@ -285,8 +319,9 @@ class DhkdModel(nn.Module):
         """Fit the statistics of normal images that scoring uses, in inference passes over the training images.
 
         The first pass fits each scale's per-position discrepancy statistics and, with ``global_score``, the Gaussians
-        of the score layers' latent channel statistics; a second pass (``global_score`` only) calibrates the image
-        score's sources (:class:`ImageScoreFusion`).
+        of the score layers' latent channel statistics; a second pass (with ``global_score`` or ``coherence_weight``)
+        calibrates the image score's sources (:class:`ImageScoreFusion`) and scales the coherence map
+        (:class:`MapCoherence`).
 
         Args:
             images: Returns a fresh iterable of batches ``(N, 3, H, W)`` of normal (pre-processed) training images,
@@ -305,8 +340,14 @@ class DhkdModel(nn.Module):
             if self.score_fusion is not None:
                 for distance, latent_moments in zip(self.score_fusion.distances, moments[scales:], strict=True):
                     distance.fit(latent_moments)
-                (source_moments,) = self._summed_over_batches(images(), self._source_moments)
-                self.score_fusion.fit_calibration(total(source_moments))
+            if self.score_fusion is not None or self.map_coherence is not None:
+                source_moments, *map_moments_ = (
+                    total(m) for m in self._summed_over_batches(images(), self._calibration_moments)
+                )
+                if self.score_fusion is not None:
+                    self.score_fusion.fit_calibration(source_moments)
+                if self.map_coherence is not None:
+                    self.map_coherence.fit(*map_moments_)
         finally:
             self.train(was_training)
 
@@ -331,19 +372,27 @@ class DhkdModel(nn.Module):
 
     def _statistics_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Moments of each scale's discrepancy map, then (``global_score``) of each score layer's latent statistics."""
-        latents, discrepancies = self.latents_and_discrepancies(self.extract_features(images))
+        latents, discrepancies, _ = self.latents_and_discrepancies(self.extract_features(images))
         moments = [map_moments(d) for d in discrepancies]
         if self.score_fusion is not None:
             moments += [vector_moments(channel_statistics(latents[i])) for i in self.score_indices]
         return moments
 
-    def _source_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Moments of the image score's sources."""
-        return [map_moments(self._anomaly_map_and_sources(images)[1])]
+    def _calibration_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of the two maps."""
+        local_map, coherence_map, sources = self._maps_and_sources(images)
+        moments = [map_moments(sources)]
+        if coherence_map is not None:
+            moments += [map_moments(local_map.flatten()), map_moments(coherence_map.flatten())]
+        return moments
 
-    def _anomaly_map_and_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly map ``(N, 1, H, W)`` and image-score sources ``(N, S)`` (the local score alone without fusion)."""
-        latents, discrepancies = self.latents_and_discrepancies(self.extract_features(images))
+    def _maps_and_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Local anomaly map ``(N, 1, H, W)``, smoothed coherence map and image-score sources ``(N, S)``.
+
+        The coherence map is ``None`` without :class:`MapCoherence`; the sources are the local score alone without
+        :class:`ImageScoreFusion`.
+        """
+        latents, discrepancies, coherence = self.latents_and_discrepancies(self.extract_features(images))
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
         standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
         map_source = standardised if self.standardize_map else discrepancies
@@ -353,9 +402,13 @@ class DhkdModel(nn.Module):
             None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=images.shape[-2:],
         )
+        coherence_map = (
+            None if coherence is None else self.anomaly_map_generator.smooth([coherence], image_size=images.shape[-2:])
+        )
         if self.score_fusion is None:
-            return anomaly_map, local_score.unsqueeze(1)
-        return anomaly_map, self.score_fusion.sources(local_score, [latents[i] for i in self.score_indices])
+            return anomaly_map, coherence_map, local_score.unsqueeze(1)
+        sources = self.score_fusion.sources(local_score, [latents[i] for i in self.score_indices])
+        return anomaly_map, coherence_map, sources
 
     def forward(
         self,
@@ -374,6 +427,8 @@ class DhkdModel(nn.Module):
         """
         if self.training:
             return self.training_outputs(self.extract_features(images), train_teacher, train_student)
-        anomaly_map, sources = self._anomaly_map_and_sources(images)
+        anomaly_map, coherence_map, sources = self._maps_and_sources(images)
+        if coherence_map is not None:
+            anomaly_map = self.map_coherence(anomaly_map, coherence_map)
         pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
