@@ -132,9 +132,9 @@ class MapCoherence(nn.Module):
     uneven lighting) stays within the spread of normal texture at every position; the misses are small but alike
     across the region, which :func:`discrepancy_coherence` measures. The smoothed coherence map is scaled to the
     local map's standard deviation on the normal training images, times ``weight``, and added. Our addition; the
-    paper's map is the local discrepancy. Re-scoring trained models (pixel AUROC / PRO, ``offline_dhkd``, window 7 of
-    ``blocks.4``, weight 0 and 0.25, seeds 0-2 of Magnetic Tile): +2.0 to +2.3 points of pixel AUROC for -0.3 to
-    0.0 of PRO; MVTec bottle -0.04 and -0.75 (model README, "Discrepancy coherence").
+    paper's map is the local discrepancy. ``offline_dhkd`` (window 7 of ``blocks.4``, weight 0.25) in the benchmark
+    suite, seeds 0-2: Magnetic Tile pixel AUROC +2.2 to +2.5 points and PRO +0.2 to +0.6 in every seed; MVTec bottle
+    -0.02 to -0.05 and -0.7 to -0.8 (model README, "Discrepancy coherence").
 
     Until fitted the scale is 0 and the map is the local map, as checkpoints saved without it mapped, and such
     checkpoints still load.
