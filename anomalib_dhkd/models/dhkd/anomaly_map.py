@@ -57,11 +57,14 @@ def discrepancy_coherence(residual: torch.Tensor, window: int) -> torch.Tensor:
     independent (normal noise) or confined to a few cells (a small defect, which the local discrepancy shows).
     """
 
-    def neighbourhood_mean(maps: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(maps, window, stride=1, padding=window // 2, count_include_pad=False)
+    def zero_padded_mean(maps: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(maps, window, stride=1, padding=window // 2)
 
-    coherent = neighbourhood_mean(residual).pow(2).mean(dim=1, keepdim=True)
-    total = neighbourhood_mean(residual.pow(2).mean(dim=1, keepdim=True))
+    # Means over the cells inside the map, by the share of the window inside it: OpenVINO's conversion of an
+    # average pooling that excludes the padding (``count_include_pad=False``) gave other values at 16 x 16 cells.
+    inside = zero_padded_mean(torch.ones_like(residual[:1, :1]))
+    coherent = (zero_padded_mean(residual) / inside).pow(2).mean(dim=1, keepdim=True)
+    total = zero_padded_mean(residual.pow(2).mean(dim=1, keepdim=True)) / inside
     return coherent / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
@@ -105,6 +108,7 @@ class AnomalyMapGenerator(nn.Module):
         map_scales: list[torch.Tensor],
         score_scales: list[torch.Tensor] | None,
         image_size: tuple[int, int],
+        map_addend: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the anomaly map ``(N, 1, *image_size)`` and the image score ``(N,)``.
 
@@ -113,11 +117,16 @@ class AnomalyMapGenerator(nn.Module):
             score_scales: Per-scale maps fused the same way into the map the image score is taken from; ``None``:
                 the ``map_scales``.
             image_size: Output size of the anomaly map.
+            map_addend: A map ``(N, 1, h, w)`` upsampled and added to the fused map before smoothing (the scaled
+                coherence of :class:`MapCoherence`); the image score does not include it.
 
         """
         fused_map = self.fuse(map_scales, image_size)
-        anomaly_map = self.blur(fused_map)
-        if score_scales is None and self.score_blur is None:
+        # Added before the (linear) smoothing, which is then run once: OpenVINO's conversion of a second smoothed
+        # map added after it gave other maps at batch size 1.
+        with_addend = fused_map if map_addend is None else fused_map + self.fuse([map_addend], image_size)
+        anomaly_map = self.blur(with_addend)
+        if score_scales is None and self.score_blur is None and map_addend is None:
             score_map = anomaly_map
         else:
             fused_score = fused_map if score_scales is None else self.fuse(score_scales, image_size)
@@ -137,7 +146,8 @@ class MapCoherence(nn.Module):
     -0.02 to -0.05 and -0.7 to -0.8 (model README, "Discrepancy coherence").
 
     Until fitted the scale is 0 and the map is the local map, as checkpoints saved without it mapped, and such
-    checkpoints still load.
+    checkpoints still load. The scaled coherence is added to the fused map before smoothing, which is linear, so
+    the map is the smoothed local map plus the scaled smoothed coherence map.
 
     Args:
         window: Side of the neighbourhood in cells of the layer, odd.
@@ -159,16 +169,20 @@ class MapCoherence(nn.Module):
         self.register_buffer("scale", torch.zeros(()))
         self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
 
+    def reset(self) -> None:
+        """Return to the unfitted state (scale 0), in which the anomaly map is the local map."""
+        self.scale = torch.zeros_like(self.scale)
+
     def fit(self, local_moments: torch.Tensor, coherence_moments: torch.Tensor) -> None:
-        """Set the scale from summed pixel :func:`map_moments` ``(3,)`` of normal local and coherence maps."""
+        """Set the scale from summed pixel :func:`map_moments` ``(3,)`` of smoothed normal local and coherence maps."""
         local_std = mean_and_std(local_moments, "Map coherence statistics")[1]
         coherence_std = mean_and_std(coherence_moments, "Map coherence statistics")[1]
         scale = self.weight * local_std / coherence_std.clamp_min(torch.finfo(torch.float32).eps)
         self.scale = scale.to(self.scale)
 
-    def forward(self, local_map: torch.Tensor, coherence_map: torch.Tensor) -> torch.Tensor:
-        """Anomaly map ``(N, 1, H, W)``: the local map plus the scaled coherence map."""
-        return local_map + self.scale * coherence_map
+    def forward(self, coherence: torch.Tensor) -> torch.Tensor:
+        """Scale the coherence ``(N, 1, h, w)``, to be added to the fused local map."""
+        return self.scale * coherence
 
     def extra_repr(self) -> str:
         """Show the window and the weight."""

@@ -341,6 +341,8 @@ class DhkdModel(nn.Module):
                 for distance, latent_moments in zip(self.score_fusion.distances, moments[scales:], strict=True):
                     distance.fit(latent_moments)
             if self.score_fusion is not None or self.map_coherence is not None:
+                if self.map_coherence is not None:
+                    self.map_coherence.reset()  # the second pass needs the local map alone
                 source_moments, *map_moments_ = (
                     total(m) for m in self._summed_over_batches(images(), self._calibration_moments)
                 )
@@ -379,17 +381,24 @@ class DhkdModel(nn.Module):
         return moments
 
     def _calibration_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of the two maps."""
-        local_map, coherence_map, sources = self._maps_and_sources(images)
+        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of the smoothed maps.
+
+        The maps are the local map and the coherence map; the coherence's scale must be reset first, so that the
+        anomaly map is the local map.
+        """
+        local_map, coherence, sources = self._map_coherence_and_sources(images)
         moments = [map_moments(sources)]
-        if coherence_map is not None:
+        if coherence is not None:
+            coherence_map = self.anomaly_map_generator.smooth([coherence], image_size=images.shape[-2:])
             moments += [map_moments(local_map.flatten()), map_moments(coherence_map.flatten())]
         return moments
 
-    def _maps_and_sources(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Local anomaly map ``(N, 1, H, W)``, smoothed coherence map and image-score sources ``(N, S)``.
+    def _map_coherence_and_sources(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Anomaly map ``(N, 1, H, W)``, the deepest map layer's coherence and image-score sources ``(N, S)``.
 
-        The coherence map is ``None`` without :class:`MapCoherence`; the sources are the local score alone without
+        The coherence is ``None`` without :class:`MapCoherence`; the sources are the local score alone without
         :class:`ImageScoreFusion`.
         """
         latents, discrepancies, coherence = self.latents_and_discrepancies(self.extract_features(images))
@@ -401,14 +410,12 @@ class DhkdModel(nn.Module):
             [map_source[i] for i in self.map_indices],
             None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=images.shape[-2:],
-        )
-        coherence_map = (
-            None if coherence is None else self.anomaly_map_generator.smooth([coherence], image_size=images.shape[-2:])
+            map_addend=None if coherence is None else self.map_coherence(coherence),
         )
         if self.score_fusion is None:
-            return anomaly_map, coherence_map, local_score.unsqueeze(1)
+            return anomaly_map, coherence, local_score.unsqueeze(1)
         sources = self.score_fusion.sources(local_score, [latents[i] for i in self.score_indices])
-        return anomaly_map, coherence_map, sources
+        return anomaly_map, coherence, sources
 
     def forward(
         self,
@@ -427,8 +434,6 @@ class DhkdModel(nn.Module):
         """
         if self.training:
             return self.training_outputs(self.extract_features(images), train_teacher, train_student)
-        anomaly_map, coherence_map, sources = self._maps_and_sources(images)
-        if coherence_map is not None:
-            anomaly_map = self.map_coherence(anomaly_map, coherence_map)
+        anomaly_map, _, sources = self._map_coherence_and_sources(images)
         pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
