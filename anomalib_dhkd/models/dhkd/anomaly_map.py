@@ -57,14 +57,11 @@ def discrepancy_coherence(residual: torch.Tensor, window: int) -> torch.Tensor:
     independent (normal noise) or confined to a few cells (a small defect, which the local discrepancy shows).
     """
 
-    def zero_padded_mean(maps: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(maps, window, stride=1, padding=window // 2)
+    def neighbourhood_mean(maps: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(maps, window, stride=1, padding=window // 2, count_include_pad=False)
 
-    # Means over the cells inside the map, by the share of the window inside it: OpenVINO's conversion of an
-    # average pooling that excludes the padding (``count_include_pad=False``) gave other values at 16 x 16 cells.
-    inside = zero_padded_mean(torch.ones_like(residual[:1, :1]))
-    coherent = (zero_padded_mean(residual) / inside).pow(2).mean(dim=1, keepdim=True)
-    total = zero_padded_mean(residual.pow(2).mean(dim=1, keepdim=True)) / inside
+    coherent = neighbourhood_mean(residual).pow(2).mean(dim=1, keepdim=True)
+    total = neighbourhood_mean(residual.pow(2).mean(dim=1, keepdim=True))
     return coherent / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 

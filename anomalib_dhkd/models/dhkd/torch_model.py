@@ -343,13 +343,13 @@ class DhkdModel(nn.Module):
             if self.score_fusion is not None or self.map_coherence is not None:
                 if self.map_coherence is not None:
                     self.map_coherence.reset()  # the second pass needs the local map alone
-                source_moments, *map_moments_ = (
+                source_moments, *map_pixel_moments = (
                     total(m) for m in self._summed_over_batches(images(), self._calibration_moments)
                 )
                 if self.score_fusion is not None:
                     self.score_fusion.fit_calibration(source_moments)
                 if self.map_coherence is not None:
-                    self.map_coherence.fit(*map_moments_)
+                    self.map_coherence.fit(*map_pixel_moments)
         finally:
             self.train(was_training)
 
