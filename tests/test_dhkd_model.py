@@ -359,6 +359,7 @@ def test_map_coherence_adds_the_coherence_scaled_to_the_local_maps_spread_on_nor
     with torch.no_grad():
         local_map, _ = local_and_coherence_maps(images)
         torch.testing.assert_close(model(images).anomaly_map, local_map)  # unfitted
+        assert model.latents_and_discrepancies(model.extract_features(images), with_coherence=False).coherence is None
         model.fit_normal_statistics(lambda: normal)
         model.fit_normal_statistics(lambda: normal)  # a refit starts from the local map again
         local_map, coherence_map = local_and_coherence_maps(images)

@@ -166,10 +166,6 @@ class MapCoherence(nn.Module):
         self.register_buffer("scale", torch.zeros(()))
         self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
 
-    def reset(self) -> None:
-        """Return to the unfitted state (scale 0), in which the anomaly map is the local map."""
-        self.scale = torch.zeros_like(self.scale)
-
     def fit(self, local_moments: torch.Tensor, coherence_moments: torch.Tensor) -> None:
         """Set the scale from summed pixel :func:`map_moments` ``(3,)`` of smoothed normal local and coherence maps."""
         local_std = mean_and_std(local_moments, "Map coherence statistics")[1]

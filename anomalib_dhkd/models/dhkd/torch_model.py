@@ -63,7 +63,7 @@ class ScaleOutputs(NamedTuple):
 
     teacher_latents: list[torch.Tensor]
     discrepancies: list[torch.Tensor]
-    # Coherence of the deepest map layer's discrepancy; None without MapCoherence.
+    # Coherence of the deepest map layer's discrepancy; None without MapCoherence or when not asked for.
     coherence: torch.Tensor | None
 
 
@@ -296,16 +296,16 @@ class DhkdModel(nn.Module):
         latents, log_dets = zip(*(teacher(f) for teacher, f in zip(self.teachers, features, strict=True)), strict=True)
         return list(latents), list(log_dets)
 
-    def latents_and_discrepancies(self, features: list[torch.Tensor]) -> ScaleOutputs:
+    def latents_and_discrepancies(self, features: list[torch.Tensor], with_coherence: bool = True) -> ScaleOutputs:
         """Per-scale teacher latents of clean features and discrepancy maps ``(N, 1, h_k, w_k)``.
 
-        With ``coherence_weight``, also the coherence of the deepest map layer's discrepancy.
+        With ``coherence_weight`` and ``with_coherence``, also the coherence of the deepest map layer's discrepancy.
         """
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
         discrepancies = [squared_discrepancy(s, z) for s, z in zip(predictions, latents, strict=True)]
         coherence = None
-        if self.map_coherence is not None:
+        if self.map_coherence is not None and with_coherence:
             residual = predictions[self.coherence_index] - latents[self.coherence_index]
             coherence = discrepancy_coherence(residual, self.map_coherence.window)
         return ScaleOutputs(latents, discrepancies, coherence)
@@ -341,8 +341,6 @@ class DhkdModel(nn.Module):
                 for distance, latent_moments in zip(self.score_fusion.distances, moments[scales:], strict=True):
                     distance.fit(latent_moments)
             if self.score_fusion is not None or self.map_coherence is not None:
-                if self.map_coherence is not None:
-                    self.map_coherence.reset()  # the second pass needs the local map alone
                 source_moments, *map_pixel_moments = (
                     total(m) for m in self._summed_over_batches(images(), self._calibration_moments)
                 )
@@ -374,19 +372,18 @@ class DhkdModel(nn.Module):
 
     def _statistics_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Moments of each scale's discrepancy map, then (``global_score``) of each score layer's latent statistics."""
-        latents, discrepancies, _ = self.latents_and_discrepancies(self.extract_features(images))
+        latents, discrepancies, _ = self.latents_and_discrepancies(self.extract_features(images), with_coherence=False)
         moments = [map_moments(d) for d in discrepancies]
         if self.score_fusion is not None:
             moments += [vector_moments(channel_statistics(latents[i])) for i in self.score_indices]
         return moments
 
     def _calibration_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of the smoothed maps.
+        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of two smoothed maps.
 
-        The maps are the local map and the coherence map; the coherence's scale must be reset first, so that the
-        anomaly map is the local map.
+        The maps are the local map (without the coherence) and the coherence map.
         """
-        local_map, coherence, sources = self._map_coherence_and_sources(images)
+        local_map, coherence, sources = self._map_coherence_and_sources(images, add_coherence=False)
         moments = [map_moments(sources)]
         if coherence is not None:
             coherence_map = self.anomaly_map_generator.smooth([coherence], image_size=images.shape[-2:])
@@ -394,12 +391,12 @@ class DhkdModel(nn.Module):
         return moments
 
     def _map_coherence_and_sources(
-        self, images: torch.Tensor
+        self, images: torch.Tensor, add_coherence: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Anomaly map ``(N, 1, H, W)``, the deepest map layer's coherence and image-score sources ``(N, S)``.
 
-        The coherence is ``None`` without :class:`MapCoherence`; the sources are the local score alone without
-        :class:`ImageScoreFusion`.
+        The coherence is ``None`` without :class:`MapCoherence`; ``add_coherence=False`` leaves it out of the map
+        (the local map). The sources are the local score alone without :class:`ImageScoreFusion`.
         """
         latents, discrepancies, coherence = self.latents_and_discrepancies(self.extract_features(images))
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
@@ -410,7 +407,7 @@ class DhkdModel(nn.Module):
             [map_source[i] for i in self.map_indices],
             None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=images.shape[-2:],
-            map_addend=None if coherence is None else self.map_coherence(coherence),
+            map_addend=self.map_coherence(coherence) if coherence is not None and add_coherence else None,
         )
         if self.score_fusion is None:
             return anomaly_map, coherence, local_score.unsqueeze(1)
