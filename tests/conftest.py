@@ -48,7 +48,9 @@ def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
         "flow_blocks": 2,
         "condition_channels": 8,
         "global_score": True,  # the ImageNet default: every Engine and export test runs the full image score
-        "coherence_weight": 0.25,  # the ImageNet default: every Engine and export test runs the full anomaly map
+        # Two coherence layers, like the ImageNet preset: every Engine and export test runs the full anomaly map.
+        "coherence_layers": ["blocks.2", "blocks.4"],
+        "coherence_weight": [0.15, 0.25],
         "max_epochs": 2,
         "teacher_warmup_epochs": 1,
         "pre_processor": Dhkd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),

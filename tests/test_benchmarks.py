@@ -179,6 +179,7 @@ def test_dhkd_records_state_the_model_defaults() -> None:
         "flow_clamp",
         "noise_correlation",
         "global_score",
+        "coherence_layers",
         "coherence_weight",
         "coherence_window",
     ):
@@ -190,6 +191,8 @@ def test_dhkd_records_state_the_model_defaults() -> None:
     full = run_settings("dhkd", "pretrained", image_size=256, seed=0, quick=False)
     assert full.options["teacher_warmup_epochs"] == DHKD_WARMUP_EPOCHS < full.epochs
     assert full.options["freeze_teacher"] is True
+    assert full.options["coherence_layers"] == list(OFFLINE_SCORE_LAYERS)  # the ImageNet preset's, JSON-ready lists
+    assert full.options["coherence_weight"] == [0.15, 0.25]
     assert "max_epochs" not in options
     assert not {"pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(options)
     assert options["score_layers"] == list(OFFLINE_LAYERS)  # the preset without ImageNet weights

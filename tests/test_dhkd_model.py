@@ -15,14 +15,18 @@ from anomalib_dhkd.models import offline_dhkd
 from anomalib_dhkd.models.dhkd import torch_model
 from anomalib_dhkd.models.dhkd.anomaly_map import (
     AnomalyMapGenerator,
-    MapCoherence,
     discrepancy_coherence,
     squared_discrepancy,
     top_fraction_mean,
 )
 from anomalib_dhkd.models.dhkd.loss import DhkdLoss
 from anomalib_dhkd.models.dhkd.presets import offline_preset
-from anomalib_dhkd.models.dhkd.torch_model import DhkdModel, DhkdTrainingOutput, flow_condition_channels
+from anomalib_dhkd.models.dhkd.torch_model import (
+    DhkdModel,
+    DhkdTrainingOutput,
+    coherence_windows,
+    flow_condition_channels,
+)
 
 from .conftest import TINY_BACKBONE
 
@@ -342,19 +346,22 @@ def test_discrepancy_coherence_is_one_for_alike_misses_and_small_for_a_single_on
     assert noise.mean() < 0.2
 
 
-def test_map_coherence_adds_the_coherence_scaled_to_the_local_maps_spread_on_normal_images() -> None:
-    """Unfitted, the map is the local map; fitted, it adds the smoothed coherence at weight x std ratio."""
+def test_map_coherence_adds_each_layers_coherence_scaled_to_the_local_maps_spread_on_normal_images() -> None:
+    """Unfitted, the map is the local map; fitted, it adds each layer's smoothed coherence at weight x std ratio."""
     torch.manual_seed(0)
-    model = DhkdModel(**TINY_MODEL, coherence_weight=0.5, coherence_window=3).eval()
+    model = DhkdModel(
+        **TINY_MODEL, coherence_layers=["blocks.2", "blocks.4"], coherence_weight=[0.5, 0.25], coherence_window=3
+    ).eval()
     assert model.score_fusion is None  # the coherence alone also fits in the second pass
+    assert model.map_coherence.windows == [5, 3]  # 3 cells of stride 16 span 48 px: 6 of stride 8, rounded to odd
     normal = [torch.rand(4, 3, 64, 64), torch.rand(3, 3, 64, 64)]
     images = torch.rand(2, 3, 64, 64)
     generator = model.anomaly_map_generator
 
-    def local_and_coherence_maps(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_and_coherence_maps(batch: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         _, discrepancies, coherence = model.latents_and_discrepancies(model.extract_features(batch))
         local = generator.smooth([model.position_statistics[i](discrepancies[i]) for i in model.map_indices], (64, 64))
-        return local, generator.smooth([coherence], (64, 64))
+        return local, [generator.smooth([layer_coherence], (64, 64)) for layer_coherence in coherence]
 
     with torch.no_grad():
         local_map, _ = local_and_coherence_maps(images)
@@ -362,24 +369,36 @@ def test_map_coherence_adds_the_coherence_scaled_to_the_local_maps_spread_on_nor
         assert model.latents_and_discrepancies(model.extract_features(images), with_coherence=False).coherence is None
         model.fit_normal_statistics(lambda: normal)
         model.fit_normal_statistics(lambda: normal)  # a refit starts from the local map again
-        local_map, coherence_map = local_and_coherence_maps(images)
+        local_map, coherence_maps = local_and_coherence_maps(images)
         normal_local, normal_coherence = local_and_coherence_maps(torch.cat(normal))
         output = model(images).anomaly_map
-    scale = model.map_coherence.scale.double()
-    torch.testing.assert_close(
-        scale, 0.5 * normal_local.double().std() / normal_coherence.double().std(), rtol=1e-4, atol=0
-    )
-    torch.testing.assert_close(output, local_map + model.map_coherence.scale * coherence_map, rtol=1e-4, atol=1e-5)
-    assert coherence_map.shape == local_map.shape == (2, 1, 64, 64)
-    assert (output - local_map).abs().max() > 1e-3
+    expected_scale = [
+        weight * normal_local.double().std() / layer_map.double().std()
+        for weight, layer_map in zip([0.5, 0.25], normal_coherence, strict=True)
+    ]
+    torch.testing.assert_close(model.map_coherence.scale.double(), torch.stack(expected_scale), rtol=1e-4, atol=0)
+    scaled = sum(scale * layer_map for scale, layer_map in zip(model.map_coherence.scale, coherence_maps, strict=True))
+    torch.testing.assert_close(output, local_map + scaled, rtol=1e-4, atol=1e-5)
+    assert all(layer_map.shape == local_map.shape == (2, 1, 64, 64) for layer_map in coherence_maps)
+
+
+def test_coherence_windows_span_the_same_pixels_rounded_down_to_odd_cells() -> None:
+    assert coherence_windows(7, [16, 32, 8, 4], reference_stride=16) == [7, 3, 13, 27]
+    assert coherence_windows(1, [32], reference_stride=16) == [1]  # never less than one cell
 
 
 def test_map_coherence_rejects_bad_settings_and_old_checkpoints_map_as_before() -> None:
-    """An even window or a negative weight fails; a state dict saved without the coherence loads and maps locally."""
+    """Bad coherence settings fail; state dicts saved without the coherence or with one scalar scale still load."""
     with pytest.raises(ValueError, match="odd"):
-        MapCoherence(window=4, weight=0.25)
+        DhkdModel(**TINY_MODEL, coherence_weight=0.25, coherence_window=4)
     with pytest.raises(ValueError, match="positive"):
         DhkdModel(**TINY_MODEL, coherence_weight=-1.0)
+    with pytest.raises(
+        ValueError, match=r"no teacher-student pair; choose from \['blocks.1', 'blocks.2', 'blocks.4'\]"
+    ):
+        DhkdModel(**TINY_MODEL, coherence_layers=["blocks.6"], coherence_weight=0.25)
+    with pytest.raises(ValueError, match="one coherence weight per coherence layer"):
+        DhkdModel(**TINY_MODEL, coherence_layers=["blocks.2", "blocks.4"], coherence_weight=[0.25])
     torch.manual_seed(0)
     older = DhkdModel(**TINY_MODEL).eval()  # no coherence without ImageNet weights
     with torch.no_grad():
@@ -390,6 +409,9 @@ def test_map_coherence_rejects_bad_settings_and_old_checkpoints_map_as_before() 
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(images).anomaly_map, older(images).anomaly_map)
+    one_layer = {**model.state_dict(), "map_coherence.scale": torch.tensor(2.0)}  # saved before coherence_layers
+    model.load_state_dict(one_layer, strict=True)
+    torch.testing.assert_close(model.map_coherence.scale, torch.tensor([2.0]))
 
 
 @pytest.mark.parametrize(

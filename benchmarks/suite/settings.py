@@ -134,8 +134,7 @@ def run_settings(
     if model == "dhkd":
         preset = offline_preset(pre_trained=track == "pretrained")
         default_layers = preset.pop("layers")
-        options |= dhkd_hyperparameters() | preset
-        options["score_layers"] = list(preset["score_layers"])
+        options |= dhkd_hyperparameters() | {name: list(v) if isinstance(v, tuple) else v for name, v in preset.items()}
         options["teacher_warmup_epochs"] = QUICK_DHKD_WARMUP_EPOCHS if quick else DHKD_WARMUP_EPOCHS
         options["freeze_teacher"] = not quick  # a frozen teacher needs a warm-up to train in
     return RunSettings(

@@ -23,8 +23,8 @@ map's ``layers``. Without ImageNet weights the deep scales are the weak ones: bo
 standardised scales, 0.921 and 0.991, so the default scores on all of ``layers`` there.
 
 With ImageNet weights the image score adds the score layers' global latent statistics to the local score
-(:class:`ImageScoreFusion`), and the anomaly map adds the coherence of the deepest map layer's discrepancy
-(:class:`MapCoherence`).
+(:class:`ImageScoreFusion`), and the anomaly map adds the coherence of the discrepancy of the map's deepest layer and
+of the deeper score layer (:class:`MapCoherence`).
 """
 
 from typing import Any
@@ -105,7 +105,7 @@ class AnomalyMapGenerator(nn.Module):
         map_scales: list[torch.Tensor],
         score_scales: list[torch.Tensor] | None,
         image_size: tuple[int, int],
-        map_addend: torch.Tensor | None = None,
+        map_addends: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the anomaly map ``(N, 1, *image_size)`` and the image score ``(N,)``.
 
@@ -114,16 +114,18 @@ class AnomalyMapGenerator(nn.Module):
             score_scales: Per-scale maps fused the same way into the map the image score is taken from; ``None``:
                 the ``map_scales``.
             image_size: Output size of the anomaly map.
-            map_addend: A map ``(N, 1, h, w)`` upsampled and added to the fused map before smoothing (the scaled
-                coherence of :class:`MapCoherence`); the image score does not include it.
+            map_addends: Maps ``(N, 1, h_j, w_j)`` each upsampled and added to the fused map before smoothing (the
+                scaled coherences of :class:`MapCoherence`); the image score does not include them.
 
         """
         fused_map = self.fuse(map_scales, image_size)
         # Added before the (linear) smoothing, which is then run once: OpenVINO's conversion of a second smoothed
         # map added after it gave other maps at batch size 1.
-        with_addend = fused_map if map_addend is None else fused_map + self.fuse([map_addend], image_size)
-        anomaly_map = self.blur(with_addend)
-        if score_scales is None and self.score_blur is None and map_addend is None:
+        with_addends = fused_map
+        for addend in map_addends or []:
+            with_addends = with_addends + self.fuse([addend], image_size)
+        anomaly_map = self.blur(with_addends)
+        if score_scales is None and self.score_blur is None and not map_addends:
             score_map = anomaly_map
         else:
             fused_score = fused_map if score_scales is None else self.fuse(score_scales, image_size)
@@ -132,54 +134,62 @@ class AnomalyMapGenerator(nn.Module):
 
 
 class MapCoherence(nn.Module):
-    """Add the coherence of a layer's teacher-student discrepancy to the anomaly map, in the local map's units.
+    """Add the coherence of layers' teacher-student discrepancies to the anomaly map, in the local map's units.
 
     The local discrepancy ``mean_c (S - T)^2`` of a defect that shifts a large region a little (Magnetic Tile's
     uneven lighting) stays within the spread of normal texture at every position; the misses are small but alike
-    across the region, which :func:`discrepancy_coherence` measures. The smoothed coherence map is scaled to the
-    local map's standard deviation on the normal training images, times ``weight``, and added. Our addition; the
-    paper's map is the local discrepancy. ``offline_dhkd`` (window 7 of ``blocks.4``, weight 0.25) in the benchmark
-    suite, seeds 0-2: Magnetic Tile pixel AUROC +2.2 to +2.5 points and PRO +0.2 to +0.6 in every seed; MVTec bottle
-    -0.02 to -0.05 and -0.7 to -0.8 (model README, "Discrepancy coherence").
+    across the region, which :func:`discrepancy_coherence` measures. Each layer's smoothed coherence map is scaled to
+    the local map's standard deviation on the normal training images, times the layer's weight, and added. Our
+    addition; the paper's map is the local discrepancy. ``offline_dhkd`` (``blocks.4``, 7 x 7 cells, weight 0.15;
+    ``blocks.6``, 3 x 3, weight 0.25): model README, "Discrepancy coherence".
 
-    Until fitted the scale is 0 and the map is the local map, as checkpoints saved without it mapped, and such
-    checkpoints still load. The scaled coherence is added to the fused map before smoothing, which is linear, so
-    the map is the smoothed local map plus the scaled smoothed coherence map.
+    Until fitted the scales are 0 and the map is the local map, as checkpoints saved without it mapped, and such
+    checkpoints still load, as do those saved with one layer's scalar scale. The scaled coherences are added to the
+    fused map before smoothing, which is linear, so the map is the smoothed local map plus the scaled smoothed
+    coherence maps.
 
     Args:
-        window: Side of the neighbourhood in cells of the layer, odd.
-        weight: Weight of the coherence map relative to the local map's spread on normal images, positive.
+        windows: Side of each layer's neighbourhood in cells of that layer, odd.
+        weights: Weight of each layer's coherence map relative to the local map's spread on normal images, positive.
+
+    Raises:
+        ValueError: If a window is even or not positive, a weight is not positive, or the lengths differ.
 
     """
 
-    def __init__(self, window: int, weight: float) -> None:
+    def __init__(self, windows: list[int], weights: list[float]) -> None:
         super().__init__()
-        if window < 1 or window % 2 == 0:
-            msg = f"coherence_window must be an odd number of cells, got {window}."
+        if not windows or len(windows) != len(weights):
+            msg = f"Give one coherence weight per coherence layer, got {len(weights)} for {len(windows)} layer(s)."
             raise ValueError(msg)
-        if weight <= 0:
-            msg = f"The coherence weight must be positive (0 turns the coherence off), got {weight}."
+        if any(window < 1 or window % 2 == 0 for window in windows):
+            msg = f"Coherence windows must be odd numbers of cells, got {windows}."
             raise ValueError(msg)
-        self.window = window
-        self.weight = weight
+        if any(weight <= 0 for weight in weights):
+            msg = f"Coherence weights must be positive (0 turns the coherence off), got {weights}."
+            raise ValueError(msg)
+        self.windows = list(windows)
+        self.weights = list(weights)
         self.scale: torch.Tensor
-        self.register_buffer("scale", torch.zeros(()))
+        self.register_buffer("scale", torch.zeros(len(windows)))
         self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
+        self.register_load_state_dict_pre_hook(_scalar_scale_as_vector)
 
-    def fit(self, local_moments: torch.Tensor, coherence_moments: torch.Tensor) -> None:
-        """Set the scale from summed pixel :func:`map_moments` ``(3,)`` of smoothed normal local and coherence maps."""
+    def fit(self, local_moments: torch.Tensor, coherence_moments: list[torch.Tensor]) -> None:
+        """Set the scales from summed pixel :func:`map_moments` ``(3,)`` of smoothed normal local and coherence maps."""
         local_std = mean_and_std(local_moments, "Map coherence statistics")[1]
-        coherence_std = mean_and_std(coherence_moments, "Map coherence statistics")[1]
-        scale = self.weight * local_std / coherence_std.clamp_min(torch.finfo(torch.float32).eps)
+        coherence_std = torch.stack([mean_and_std(m, "Map coherence statistics")[1] for m in coherence_moments])
+        weights = torch.tensor(self.weights, dtype=coherence_std.dtype, device=coherence_std.device)
+        scale = weights * local_std / coherence_std.clamp_min(torch.finfo(torch.float32).eps)
         self.scale = scale.to(self.scale)
 
-    def forward(self, coherence: torch.Tensor) -> torch.Tensor:
-        """Scale the coherence ``(N, 1, h, w)``, to be added to the fused local map."""
-        return self.scale * coherence
+    def forward(self, coherences: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scale each layer's coherence ``(N, 1, h_j, w_j)``, to be added to the fused local map."""
+        return [scale * coherence for scale, coherence in zip(self.scale, coherences, strict=True)]
 
     def extra_repr(self) -> str:
-        """Show the window and the weight."""
-        return f"window={self.window}, weight={self.weight}"
+        """Show the windows and the weights."""
+        return f"windows={self.windows}, weights={self.weights}"
 
 
 class ImageScoreFusion(nn.Module):
@@ -226,6 +236,13 @@ class ImageScoreFusion(nn.Module):
     def forward(self, sources: torch.Tensor) -> torch.Tensor:
         """Image scores ``(N,)``: the sum of the standardised sources ``(N, 1 + K)``."""
         return ((sources - self.source_mean) / self.source_std).sum(dim=1)
+
+
+def _scalar_scale_as_vector(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
+    """Load-state-dict pre-hook: a one-layer :class:`MapCoherence` scale saved as a scalar loads as a vector."""
+    scale = state_dict.get(prefix + "scale")
+    if scale is not None and scale.dim() == 0:
+        state_dict[prefix + "scale"] = scale.reshape(1)
 
 
 def _keep_unfitted_when_missing(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:

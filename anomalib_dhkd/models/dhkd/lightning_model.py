@@ -150,17 +150,20 @@ class Dhkd(AnomalibModule):
             points in every seed); bottle stays at 1.000; the demo's unaligned brick crops 1.000 and 0.990. Without
             ImageNet weights it hurts: bottle 0.983 and 0.881, Magnetic Tile 0.668 and 0.596 (model README).
             ``None``: only with ImageNet weights. The anomaly map is unchanged. Defaults to ``None``.
-        coherence_weight: Add to the anomaly map the coherence of the deepest map layer's discrepancy,
-            ``mean_c (avg S - T)^2 / avg mean_c (S - T)^2`` over ``coherence_window`` cells, scaled to this weight
-            times the local map's standard deviation on the training images (our addition; ``MapCoherence`` in
-            ``anomaly_map.py``). A defect that shifts a large region a little (uneven lighting) leaves small but
-            alike misses there. :func:`~anomalib_dhkd.models.offline_dhkd` in the benchmark suite, seeds 0-2, pixel
-            AUROC / PRO without and with it: Magnetic Tile 0.778 / 0.751 and 0.802 / 0.756 (mean), +2.2 to +2.5 and
-            +0.2 to +0.6 points in every seed; MVTec bottle -0.02 to -0.05 and -0.7 to -0.8 (model README,
-            "Discrepancy coherence"). Not measured without ImageNet weights. ``0``: none; ``None``: 0.25 with ImageNet
-            weights, 0 without. Defaults to ``None``.
-        coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd (7: 112 px at
-            stride 16). Defaults to ``7``.
+        coherence_layers: Trained layers (of ``layers`` or ``score_layers``) whose discrepancy coherence
+            ``mean_c (avg S - T)^2 / avg mean_c (S - T)^2`` over a neighbourhood is added to the anomaly map (our
+            addition; ``MapCoherence`` in ``anomaly_map.py``). A defect that shifts a large region a little (uneven
+            lighting) leaves small but alike misses there. ``None``: the deepest of ``layers``;
+            :func:`~anomalib_dhkd.models.offline_dhkd` also takes the score-only ``blocks.6``. Defaults to ``None``.
+        coherence_weight: Weight of each coherence layer's smoothed coherence map, times the local map's standard
+            deviation on the training images over the coherence map's; one for all layers or one per layer.
+            :func:`~anomalib_dhkd.models.offline_dhkd` (``blocks.4`` at 0.15, ``blocks.6`` at 0.25) in the benchmark
+            suite: model README, "Discrepancy coherence". Without ImageNet weights it hurt (``blocks.4`` at 0.25,
+            seed 0, pixel AUROC / PRO: Magnetic Tile +0.6 / -0.8 points, MVTec bottle -0.9 / -2.5). ``0``: none;
+            ``None``: 0.25 with ImageNet weights, 0 without. Defaults to ``None``.
+        coherence_window: Side of the coherence neighbourhood in cells of the deepest of ``layers``, odd (7: 112 px
+            at stride 16); other coherence layers span the same pixels, rounded down to an odd number of cells
+            (3 at stride 32). Defaults to ``7``.
         learning_rate: Adam learning rate. Defaults to ``1e-3``.
         teacher_warmup_epochs: Epochs during which only the teacher trains. Defaults to ``2``.
         freeze_teacher: Freeze the teacher after the warm-up and train only the student (two-stage training);
@@ -202,7 +205,8 @@ class Dhkd(AnomalibModule):
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
         global_score: bool | None = None,
-        coherence_weight: float | None = None,
+        coherence_layers: Sequence[str] | None = None,
+        coherence_weight: float | Sequence[float] | None = None,
         coherence_window: int = 7,
         learning_rate: float = 1e-3,
         teacher_warmup_epochs: int = 2,
@@ -250,6 +254,7 @@ class Dhkd(AnomalibModule):
             score_fraction=score_fraction,
             standardize_map=standardize_map,
             global_score=global_score,
+            coherence_layers=None if coherence_layers is None else list(coherence_layers),
             coherence_weight=coherence_weight,
             coherence_window=coherence_window,
         )
@@ -331,7 +336,7 @@ class Dhkd(AnomalibModule):
     def fit_normal_statistics(self) -> None:
         """Fit the statistics of normal images that scoring uses on the training images (all processes).
 
-        One inference pass over the training images, two with ``global_score`` or ``coherence_weight``
+        One inference pass over the training images, two with ``global_score`` or a ``coherence_weight``
         (:meth:`~anomalib_dhkd.models.dhkd.torch_model.DhkdModel.fit_normal_statistics`).
         """
         logger.info("DHKD: fitting the statistics of normal images on the training images.")

@@ -18,8 +18,8 @@ Pipeline, per scale ``k`` of a frozen timm encoder:
               S_k = Student_k(x_k)          (inference)
     d_k = mean_c (S_k - T_k)^2,   z_k = (d_k - mean_k(p)) / std_k(p)   (per-position statistics of normal images)
     anomaly map = Gaussian-smoothed (blur_sigma) mean of d_k over `layers` (of z_k with standardize_map)
-                  + the smoothed coherence of S_k - T_k of the deepest of `layers`, scaled on normal images
-                  (coherence_weight; MapCoherence)
+                  + the smoothed coherence of S_k - T_k over `coherence_layers` (default: the deepest of `layers`),
+                  each scaled on normal images (coherence_weight; MapCoherence)
     local score = mean of the top 1 % of the Gaussian-smoothed (score_blur_sigma) mean of z_k over `score_layers`
     image score = local score + Mahalanobis distances of the channel statistics of T_k over `score_layers`, each
                   standardised on normal images (global_score; ImageScoreFusion)
@@ -63,8 +63,8 @@ class ScaleOutputs(NamedTuple):
 
     teacher_latents: list[torch.Tensor]
     discrepancies: list[torch.Tensor]
-    # Coherence of the deepest map layer's discrepancy; None without MapCoherence or when not asked for.
-    coherence: torch.Tensor | None
+    # Coherence of each coherence layer's discrepancy; None without MapCoherence or when not asked for.
+    coherence: list[torch.Tensor] | None
 
 
 class DhkdTrainingOutput(NamedTuple):
@@ -119,6 +119,15 @@ def default_score_layers(layers: list[str], pre_trained: bool) -> list[str]:
     return list(layers[-1:]) if pre_trained else list(layers)
 
 
+def coherence_windows(window: int, strides: list[int], reference_stride: int) -> list[int]:
+    """Neighbourhood sides, in cells of layers of ``strides``, spanning ``window`` cells of ``reference_stride``.
+
+    Rounded down to an odd number of cells, at least one: 7 cells of stride 16 (112 px) are 3 cells of stride 32.
+    """
+    cells = [int(window * reference_stride / stride) for stride in strides]
+    return [max(1, count - 1 + count % 2) for count in cells]
+
+
 def flow_condition_channels(channels: int, condition_channels: int) -> int:
     """Positional-encoding channels of the flow on ``channels`` features: at most as many as it has features.
 
@@ -159,10 +168,13 @@ class DhkdModel(nn.Module):
         global_score: Add to the local image score the distances of the score layers' teacher-latent channel
             statistics to those of normal images (:class:`ImageScoreFusion`); ``None``: only with ImageNet weights,
             whose latents' image statistics carry evidence the local score misses (a random encoder's do not).
-        coherence_weight: Weight of the deepest map layer's discrepancy coherence in the anomaly map, relative to
-            the local map's spread on normal images (:class:`MapCoherence`); ``0``: none; ``None``: 0.25 with
-            ImageNet weights, 0 without (:data:`DEFAULT_COHERENCE_WEIGHT`).
-        coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd.
+        coherence_layers: Trained layers (of ``layers`` or ``score_layers``) whose discrepancy coherence is added to
+            the anomaly map; ``None``: the deepest of ``layers``.
+        coherence_weight: Weight of each coherence layer's map, relative to the local map's spread on normal images
+            (:class:`MapCoherence`): one for all or one per layer; ``0``: none; ``None``: 0.25 with ImageNet weights,
+            0 without (:data:`DEFAULT_COHERENCE_WEIGHT`).
+        coherence_window: Side of the coherence neighbourhood in cells of the deepest of ``layers``, odd; other
+            coherence layers span the same pixels (:func:`coherence_windows`).
 
     Example:
         >>> model = DhkdModel(backbone="tf_efficientnet_lite0", layers=["blocks.1", "blocks.2", "blocks.4"],
@@ -191,7 +203,8 @@ class DhkdModel(nn.Module):
         score_fraction: float = 0.01,
         standardize_map: bool | None = None,
         global_score: bool | None = None,
-        coherence_weight: float | None = None,
+        coherence_layers: Sequence[str] | None = None,
+        coherence_weight: float | Sequence[float] | None = None,
         coherence_window: int = 7,
     ) -> None:
         super().__init__()
@@ -204,13 +217,16 @@ class DhkdModel(nn.Module):
         if negative:  # before the encoder loads, not at the first training step
             msg = f"Noise settings must be non-negative, got {negative}."
             raise ValueError(msg)
-        coherence_weight = DEFAULT_COHERENCE_WEIGHT[pre_trained] if coherence_weight is None else coherence_weight
-        self.map_coherence = MapCoherence(coherence_window, coherence_weight) if coherence_weight else None
         self.score_layers = default_score_layers(layers, pre_trained) if score_layers is None else list(score_layers)
         self.encoder = build_encoder(backbone, encoder_layer_names(layers, self.score_layers), pre_trained)
         extracted = list(self.encoder.layers)
         self.map_indices = [extracted.index(layer) for layer in layers]
-        self.coherence_index = max(self.map_indices)  # the deepest map layer: extracted layers are in depth order
+        deepest_map_index = max(self.map_indices)  # extracted layers are in depth order
+        coherence_weight = DEFAULT_COHERENCE_WEIGHT[pre_trained] if coherence_weight is None else coherence_weight
+        coherence_layers = list(coherence_layers or [extracted[deepest_map_index]])
+        self.coherence_indices, self.map_coherence = self._coherence_layers(
+            coherence_layers, coherence_weight, coherence_window, deepest_map_index
+        )
         self.score_indices = [extracted.index(layer) for layer in self.score_layers]
         channels = list(self.encoder.out_dims)
         self.noise_level = noise_level
@@ -236,6 +252,31 @@ class DhkdModel(nn.Module):
         # with outputs equal to 1e-5; converting only the inputs did not help (FFT, padding and concatenation
         # return contiguous tensors).
         self.to(memory_format=torch.channels_last)
+
+    def _coherence_layers(
+        self, layers: list[str], weight: float | Sequence[float], window: int, reference_index: int
+    ) -> tuple[list[int], MapCoherence | None]:
+        """Return the coherence layers' indices among the extracted layers and their :class:`MapCoherence`.
+
+        Raises:
+            ValueError: If a layer has no teacher-student pair, or ``window`` is not an odd number of cells.
+
+        """
+        extracted = list(self.encoder.layers)
+        untrained = [layer for layer in layers if layer not in extracted]
+        if untrained:
+            msg = f"coherence_layers {untrained} have no teacher-student pair; choose from {extracted}."
+            raise ValueError(msg)
+        if window < 1 or window % 2 == 0:
+            msg = f"coherence_window must be an odd number of cells, got {window}."
+            raise ValueError(msg)
+        weights = [weight] * len(layers) if isinstance(weight, int | float) else list(weight)
+        if not any(weights):
+            return [], None
+        indices = [extracted.index(layer) for layer in layers]
+        strides = self.encoder.feature_extractor.feature_info.reduction()
+        windows = coherence_windows(window, [strides[i] for i in indices], strides[reference_index])
+        return indices, MapCoherence(windows, weights)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen encoder features, standardised per channel with running statistics of the training data."""
@@ -299,15 +340,17 @@ class DhkdModel(nn.Module):
     def latents_and_discrepancies(self, features: list[torch.Tensor], with_coherence: bool = True) -> ScaleOutputs:
         """Per-scale teacher latents of clean features and discrepancy maps ``(N, 1, h_k, w_k)``.
 
-        With ``coherence_weight`` and ``with_coherence``, also the coherence of the deepest map layer's discrepancy.
+        With ``coherence_weight`` and ``with_coherence``, also the coherence of each coherence layer's discrepancy.
         """
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
         discrepancies = [squared_discrepancy(s, z) for s, z in zip(predictions, latents, strict=True)]
         coherence = None
         if self.map_coherence is not None and with_coherence:
-            residual = predictions[self.coherence_index] - latents[self.coherence_index]
-            coherence = discrepancy_coherence(residual, self.map_coherence.window)
+            coherence = [
+                discrepancy_coherence(predictions[i] - latents[i], window)
+                for i, window in zip(self.coherence_indices, self.map_coherence.windows, strict=True)
+            ]
         return ScaleOutputs(latents, discrepancies, coherence)
 
     @torch.no_grad()
@@ -347,7 +390,7 @@ class DhkdModel(nn.Module):
                 if self.score_fusion is not None:
                     self.score_fusion.fit_calibration(source_moments)
                 if self.map_coherence is not None:
-                    self.map_coherence.fit(*map_pixel_moments)
+                    self.map_coherence.fit(map_pixel_moments[0], map_pixel_moments[1:])
         finally:
             self.train(was_training)
 
@@ -379,24 +422,25 @@ class DhkdModel(nn.Module):
         return moments
 
     def _calibration_moments(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of two smoothed maps.
+        """Moments of the image score's sources, then (``coherence_weight``) pixel moments of smoothed maps.
 
-        The maps are the local map (without the coherence) and the coherence map.
+        The maps are the local map (without the coherence), then each coherence layer's coherence map.
         """
         local_map, coherence, sources = self._map_coherence_and_sources(images, add_coherence=False)
         moments = [map_moments(sources)]
         if coherence is not None:
-            coherence_map = self.anomaly_map_generator.smooth([coherence], image_size=images.shape[-2:])
-            moments += [map_moments(local_map.flatten()), map_moments(coherence_map.flatten())]
+            smooth = self.anomaly_map_generator.smooth
+            coherence_maps = [smooth([layer_coherence], image_size=images.shape[-2:]) for layer_coherence in coherence]
+            moments += [map_moments(m.flatten()) for m in [local_map, *coherence_maps]]
         return moments
 
     def _map_coherence_and_sources(
         self, images: torch.Tensor, add_coherence: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor]:
         """Anomaly map ``(N, 1, H, W)``, the deepest map layer's coherence and image-score sources ``(N, S)``.
 
-        The coherence is ``None`` without :class:`MapCoherence`; ``add_coherence=False`` leaves it out of the map
-        (the local map). The sources are the local score alone without :class:`ImageScoreFusion`.
+        The coherence (per coherence layer) is ``None`` without :class:`MapCoherence`; ``add_coherence=False`` leaves it
+        out of the map (the local map). The sources are the local score alone without :class:`ImageScoreFusion`.
         """
         latents, discrepancies, coherence = self.latents_and_discrepancies(self.extract_features(images))
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
@@ -407,7 +451,7 @@ class DhkdModel(nn.Module):
             [map_source[i] for i in self.map_indices],
             None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=images.shape[-2:],
-            map_addend=self.map_coherence(coherence) if coherence is not None and add_coherence else None,
+            map_addends=self.map_coherence(coherence) if coherence is not None and add_coherence else None,
         )
         if self.score_fusion is None:
             return anomaly_map, coherence, local_score.unsqueeze(1)
