@@ -194,7 +194,8 @@ def test_anomalib_predict_cli_reloads_a_checkpoint(trained_tiny: tuple, texture_
     command = [anomalib_cli(), "predict", "--model", "Dhkd"]
     command += ["--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.1, blocks.2, blocks.4]"]
     command += ["--model.pre_trained", "false", "--model.flow_blocks", "2", "--model.condition_channels", "8"]
-    command += ["--model.global_score", "true", "--model.coherence_weight", "0.25"]
+    command += ["--model.global_score", "true", "--model.coherence_layers", "[blocks.2, blocks.4]"]
+    command += ["--model.coherence_weight", "[0.15, 0.25]"]
     command += ["--ckpt_path", str(checkpoint), "--data", str(images)]
     command += ["--default_root_dir", str(tmp_path / "predict")]
     result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})
