@@ -141,7 +141,9 @@ class MapCoherence(nn.Module):
     across the region, which :func:`discrepancy_coherence` measures. Each layer's smoothed coherence map is scaled to
     the local map's standard deviation on the normal training images, times the layer's weight, and added. Our
     addition; the paper's map is the local discrepancy. ``offline_dhkd`` (``blocks.4``, 7 x 7 cells, weight 0.15;
-    ``blocks.6``, 3 x 3, weight 0.25): model README, "Discrepancy coherence".
+    ``blocks.6``, 3 x 3, weight 0.25) in the benchmark suite, seeds 0-2, pixel AUROC / PRO: Magnetic Tile +2.9 / +1.7
+    points on the mean (0.778 / 0.751 to 0.807 / 0.768); MVTec bottle -0.02 to -0.03 / -0.6 to -0.8 per seed (model
+    README, "Discrepancy coherence").
 
     Until fitted the scales are 0 and the map is the local map, as checkpoints saved without it mapped, and such
     checkpoints still load, as do those saved with one layer's scalar scale. The scaled coherences are added to the

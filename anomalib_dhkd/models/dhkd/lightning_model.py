@@ -158,7 +158,9 @@ class Dhkd(AnomalibModule):
         coherence_weight: Weight of each coherence layer's smoothed coherence map, times the local map's standard
             deviation on the training images over the coherence map's; one for all layers or one per layer.
             :func:`~anomalib_dhkd.models.offline_dhkd` (``blocks.4`` at 0.15, ``blocks.6`` at 0.25) in the benchmark
-            suite: model README, "Discrepancy coherence". Without ImageNet weights it hurt (``blocks.4`` at 0.25,
+            suite, seeds 0-2, pixel AUROC / PRO without and with it: Magnetic Tile 0.778 / 0.751 and 0.807 / 0.768
+            (mean), up in every seed; MVTec bottle PRO -0.6 to -0.8 points (model README, "Discrepancy coherence").
+            Without ImageNet weights it hurt (``blocks.4`` at 0.25,
             seed 0, pixel AUROC / PRO: Magnetic Tile +0.6 / -0.8 points, MVTec bottle -0.9 / -2.5). ``0``: none;
             ``None``: 0.25 with ImageNet weights, 0 without. Defaults to ``None``.
         coherence_window: Side of the coherence neighbourhood in cells of the deepest of ``layers``, odd (7: 112 px
