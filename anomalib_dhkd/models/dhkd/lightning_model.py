@@ -256,7 +256,7 @@ class Dhkd(AnomalibModule):
             score_fraction=score_fraction,
             standardize_map=standardize_map,
             global_score=global_score,
-            coherence_layers=None if coherence_layers is None else list(coherence_layers),
+            coherence_layers=coherence_layers,
             coherence_weight=coherence_weight,
             coherence_window=coherence_window,
         )

@@ -437,7 +437,7 @@ class DhkdModel(nn.Module):
     def _map_coherence_and_sources(
         self, images: torch.Tensor, add_coherence: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor]:
-        """Anomaly map ``(N, 1, H, W)``, the deepest map layer's coherence and image-score sources ``(N, S)``.
+        """Anomaly map ``(N, 1, H, W)``, each coherence layer's coherence and image-score sources ``(N, S)``.
 
         The coherence (per coherence layer) is ``None`` without :class:`MapCoherence`; ``add_coherence=False`` leaves it
         out of the map (the local map). The sources are the local score alone without :class:`ImageScoreFusion`.
