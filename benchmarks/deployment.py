@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,7 +38,8 @@ from lightning.pytorch import seed_everything
 from torch.nn import functional
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_dhkd.deploy import load_exported, resize_to_input
+from anomalib_dhkd.deployment import load_exported, resize_to_input
+from benchmarks.measure import median_seconds
 from benchmarks.suite.settings import run_settings
 from benchmarks.suite.worker import build_model
 
@@ -83,14 +83,7 @@ def predict_all(runner: Runner, images: torch.Tensor) -> dict[str, np.ndarray]:
 def latency_ms(runner: Runner, image: torch.Tensor, repeats: int, warmup: int = 5) -> float:
     """Median wall-clock milliseconds of one batch-1 inference after ``warmup`` runs."""
     batch = image[None].numpy()
-    for _ in range(warmup):
-        runner(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner(batch)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(lambda: runner(batch), min_seconds=0, min_calls=repeats, warmup=warmup)
 
 
 def accuracy(outputs: dict[str, np.ndarray], labels: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:

@@ -27,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from anomalib_dhkd.check import IMAGE_EXTENSIONS
+from anomalib_dhkd.constants import IMAGE_EXTENSIONS
 from benchmarks.suite.report import MAPS_DIR, dataset_name, maps_path, write_report
 from benchmarks.suite.settings import (
     FULL_DATA,

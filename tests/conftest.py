@@ -23,7 +23,7 @@ def shared_category(dataset: str, category: str) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_weights() -> None:
     """Install the offline EfficientNet-Lite0 ImageNet weights into the Hugging Face cache (idempotent)."""
-    from anomalib_dhkd.weights import install_efficientnet_lite0
+    from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 
     install_efficientnet_lite0()
 
@@ -31,26 +31,30 @@ def pretrained_weights() -> None:
 @pytest.fixture(scope="session")
 def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MVTec-layout dataset generated from scikit-image's brick photo, at 64 px."""
-    from anomalib_dhkd.data import generate_texture_dataset
+    from anomalib_dhkd.tools.data import generate_texture_dataset
 
     root = tmp_path_factory.mktemp("textures")
     generate_texture_dataset(root, "brick", image_size=64, num_train=16, num_test_good=6, num_test_defect=8, seed=0)
     return root
 
 
+TINY_TEACHER = {"blocks": 2, "condition_channels": 8}
+# The ImageNet defaults' global score and two coherence layers, like the ImageNet preset: every Engine and export
+# test runs the full image score and anomaly map.
+TINY_SCORING = {"global_score": True, "coherence_layers": ["blocks.2", "blocks.4"], "coherence_weight": [0.15, 0.25]}
+
+
 def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
     """A small DHKD (random encoder, 2 flow blocks, 2 epochs) that trains in seconds at 64 px."""
     from anomalib_dhkd import Dhkd
+    from anomalib_dhkd.components.scoring import ScoringConfig
+    from anomalib_dhkd.components.teachers import FlowTeacherConfig
 
     arguments = {
         **TINY_BACKBONE,
         "pre_trained": False,
-        "flow_blocks": 2,
-        "condition_channels": 8,
-        "global_score": True,  # the ImageNet default: every Engine and export test runs the full image score
-        # Two coherence layers, like the ImageNet preset: every Engine and export test runs the full anomaly map.
-        "coherence_layers": ["blocks.2", "blocks.4"],
-        "coherence_weight": [0.15, 0.25],
+        "teacher": FlowTeacherConfig(**TINY_TEACHER),
+        "scoring": ScoringConfig(**TINY_SCORING),
         "max_epochs": 2,
         "teacher_warmup_epochs": 1,
         "pre_processor": Dhkd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
@@ -82,7 +86,7 @@ def anomalib_cli() -> str:
 
 def write_tiny_config(path: Path, **init_args: object) -> Path:
     """Write an `anomalib` CLI config with a tiny DHKD (random encoder), ``init_args`` overriding its arguments."""
-    arguments = {**TINY_BACKBONE, "pre_trained": False, "flow_blocks": 2, "condition_channels": 8}
+    arguments = {**TINY_BACKBONE, "pre_trained": False, "teacher": TINY_TEACHER}
     arguments |= {"max_epochs": 2, "teacher_warmup_epochs": 1, **init_args}
     lines = ["model:", "  class_path: Dhkd", "  init_args:"]
     lines += [f"    {name}: {_yaml_value(value)}" for name, value in arguments.items()]
@@ -91,6 +95,8 @@ def write_tiny_config(path: Path, **init_args: object) -> Path:
 
 
 def _yaml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{name}: {_yaml_value(item)}" for name, item in value.items()) + "}"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple | list):

@@ -2,6 +2,7 @@
 
 import collections
 import copy
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from anomalib.engine import Engine
 from lightning.pytorch import Callback
 
 from anomalib_dhkd import Dhkd
+from anomalib_dhkd.components.teachers import FlowTeacherConfig
+from anomalib_dhkd.models.dhkd.config import LEGACY_ARGUMENTS
 
 from .conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_dhkd, write_tiny_config
 
@@ -104,17 +107,17 @@ def test_teacher_trains_after_the_warmup_only_without_freeze_teacher(
 def test_fit_leaves_normal_statistics_of_the_final_weights(trained_tiny: tuple[Engine, Dhkd, MVTecAD]) -> None:
     """The statistics the scores are standardised with come from the trained model's outputs on the training images."""
     _, model, data = trained_tiny
-    statistics = model.model.position_statistics
+    statistics = model.model.scorer.position_statistics
     assert [s.mean.shape[-1] for s in statistics] == [IMAGE_SIZE // 4, IMAGE_SIZE // 8, IMAGE_SIZE // 16]
     refitted = copy.deepcopy(model.model)
     transform = model.pre_processor.transform
     refitted.fit_normal_statistics(lambda: (transform(batch.image) for batch in data.train_dataloader()))
-    for expected, actual in zip(refitted.position_statistics, statistics, strict=True):
+    for expected, actual in zip(refitted.scorer.position_statistics, statistics, strict=True):
         torch.testing.assert_close(actual.mean, expected.mean)
         torch.testing.assert_close(actual.std, expected.std)
-    fitted_fusion = dict(model.model.score_fusion.named_buffers())
+    fitted_fusion = dict(model.model.scorer.score_fusion.named_buffers())
     assert fitted_fusion["source_std"].ne(1).all()  # calibrated, not the unfitted identity
-    for name, expected in refitted.score_fusion.named_buffers():
+    for name, expected in refitted.scorer.score_fusion.named_buffers():
         torch.testing.assert_close(fitted_fusion[name], expected)
 
 
@@ -142,7 +145,8 @@ def test_checkpoint_reload_gives_identical_scores(trained_tiny: tuple[Engine, Dh
     checkpoint = tmp_path / "dhkd.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     reloaded = Dhkd.load_from_checkpoint(checkpoint)
-    assert reloaded.hparams["flow_blocks"] == 2
+    assert reloaded.hparams["teacher"]["blocks"] == 2  # settings are saved as plain dictionaries
+    assert len(reloaded.model.teachers[0].flow.module_list) == 2
     reloaded_weights = [m.weight for m in reloaded.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in reloaded_weights)
     images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -150,6 +154,38 @@ def test_checkpoint_reload_gives_identical_scores(trained_tiny: tuple[Engine, Dh
         expected, actual = model.eval()(images), reloaded.eval()(images)
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map)
     torch.testing.assert_close(actual.pred_score, expected.pred_score)
+
+
+def test_checkpoint_with_the_former_flat_arguments_loads_and_scores_the_same(
+    trained_tiny: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path
+) -> None:
+    """Checkpoints saved before the settings were grouped (``flow_blocks=2``, ``model.position_statistics.*``)."""
+    engine, model, _ = trained_tiny
+    checkpoint_path = tmp_path / "grouped.ckpt"
+    engine.trainer.save_checkpoint(checkpoint_path)
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    grouped = checkpoint["hyper_parameters"]
+    flat = {name: value for name, value in grouped.items() if name not in LEGACY_ARGUMENTS}
+    for group, names in LEGACY_ARGUMENTS.items():
+        flat |= {old: grouped[group][new] for old, new in names.items()}
+    checkpoint["hyper_parameters"] = flat
+    checkpoint["state_dict"] = {
+        key.replace("model.scorer.map_fusion.", "model.anomaly_map_generator.").replace(
+            "model.scorer.", "model."
+        ): value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    assert flat["flow_blocks"] == 2 != inspect.signature(FlowTeacherConfig).parameters["blocks"].default
+    assert "model.position_statistics.0.mean" in checkpoint["state_dict"]
+    legacy_path = tmp_path / "flat.ckpt"
+    torch.save(checkpoint, legacy_path)
+    reloaded = Dhkd.load_from_checkpoint(legacy_path)
+    assert reloaded.hparams["teacher"]["blocks"] == 2
+    images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected, actual = model.eval()(images), reloaded.eval()(images)
+    torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=0, atol=0)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
 
 
 def test_export_torch_onnx_openvino_match_eager(trained_tiny: tuple[Engine, Dhkd, MVTecAD], tmp_path: Path) -> None:
@@ -190,7 +226,12 @@ def test_export_torch_onnx_openvino_match_eager(trained_tiny: tuple[Engine, Dhkd
 
 def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
     config = write_tiny_config(
-        tmp_path / "dhkd.yaml", flow_blocks=1, max_epochs=1, teacher_warmup_epochs=0, freeze_teacher=False
+        tmp_path / "dhkd.yaml",
+        teacher={"blocks": 1, "condition_channels": 8},
+        scoring={"coherence_weight": 0.25},
+        max_epochs=1,
+        teacher_warmup_epochs=0,
+        freeze_teacher=False,
     )
     command = [
         anomalib_cli(),
@@ -218,7 +259,8 @@ def test_cli_train_and_yaml_config(texture_root: Path, tmp_path: Path) -> None:
         [command[0], "train", "--model.help", "Dhkd"], capture_output=True, text=True, check=False, env=_environ()
     )
     assert help_result.returncode == 0, help_result.stderr[-2000:]
-    assert "--model.noise_level" in help_result.stdout
+    assert "--model.student.noise_level" in help_result.stdout
+    assert "--model.scoring.coherence_weight" in help_result.stdout
     assert "relative to" in help_result.stdout
 
 

@@ -7,7 +7,7 @@ import torch
 from anomalib.data import ImageBatch
 
 from anomalib_dhkd import Dhkd
-from anomalib_dhkd.models.dhkd.lightning_model import check_finite_images
+from anomalib_dhkd.models.base import check_finite_images
 
 BACKBONE = "tf_efficientnet_lite0"
 

@@ -1,5 +1,6 @@
 """The benchmark suite (``python -m benchmarks.run --quick``) end to end, and the ``anomalib benchmark`` configs."""
 
+import dataclasses
 import inspect
 import json
 import os
@@ -15,20 +16,23 @@ import yaml
 from PIL import Image
 
 from anomalib_dhkd import Dhkd
+from anomalib_dhkd.components.scoring import ScoringConfig
+from anomalib_dhkd.components.students import DenoisingStudentConfig
+from anomalib_dhkd.components.teachers import FlowTeacherConfig
 from anomalib_dhkd.models import OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS
+from anomalib_dhkd.models.dhkd.config import resolve
+from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
+from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
 from benchmarks.suite.settings import (
-    DHKD_WARMUP_EPOCHS,
-    EPOCHS,
     MEASUREMENTS,
     METRICS,
     MODELS,
     SHARED_DATA,
     run_settings,
 )
-
-from .conftest import shared_category
+from tests.conftest import shared_category
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
@@ -169,51 +173,60 @@ def test_identical_settings_in_both_tracks_train_once(tmp_path: Path) -> None:
 
 
 def test_dhkd_records_state_the_model_defaults() -> None:
-    """A DHKD record names every plain default, so --resume re-runs it when one of them changes."""
+    """A DHKD record names every default, settings dataclasses as JSON objects, so --resume re-runs changed ones."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options
-    defaults = {parameter.name: parameter.default for parameter in inspect.signature(Dhkd).parameters.values()}
-    for name in (
-        "teacher_noise_level",
-        "score_fraction",
-        "affinity_weight",
-        "flow_clamp",
-        "noise_correlation",
-        "global_score",
-        "coherence_layers",
-        "coherence_weight",
-        "coherence_window",
-    ):
-        assert options[name] == defaults[name]
-    for name in ("noise_level", "standardize_map", "blur_sigma", "score_blur_sigma", "student_blocks"):  # the preset's
-        assert options[name] == RANDOM_ENCODER_PRESET[name] != defaults[name]
+    json.dumps(options)  # JSON-ready
+    assert options["teacher"] == dataclasses.asdict(FlowTeacherConfig())
+    assert options["loss"] == dataclasses.asdict(DhkdLossWeights())
+    assert options["learning_rate"] == inspect.signature(Dhkd).parameters["learning_rate"].default
+    preset_student, preset_scoring = RANDOM_ENCODER_PRESET["student"], RANDOM_ENCODER_PRESET["scoring"]
+    assert options["student"] == dataclasses.asdict(preset_student) != dataclasses.asdict(DenoisingStudentConfig())
+    assert options["scoring"]["blur_sigma"] == preset_scoring.blur_sigma != ScoringConfig().blur_sigma
+    assert options["scoring"]["score_layers"] == list(OFFLINE_LAYERS)  # the preset without ImageNet weights
+    assert options["scoring"]["global_score"] is None  # decided by the model for the encoder
     assert options["teacher_warmup_epochs"] == 0  # the suite's own quick budget wins over the model default
     assert options["freeze_teacher"] is False  # no warm-up: teacher and student train together
     full = run_settings("dhkd", "pretrained", image_size=256, seed=0, quick=False)
     assert full.options["teacher_warmup_epochs"] == DHKD_WARMUP_EPOCHS < full.epochs
     assert full.options["freeze_teacher"] is True
-    assert full.options["coherence_layers"] == list(OFFLINE_SCORE_LAYERS)  # the ImageNet preset's, JSON-ready lists
-    assert full.options["coherence_weight"] == [0.15, 0.25]
-    assert "max_epochs" not in options
-    assert not {"pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(options)
-    assert options["score_layers"] == list(OFFLINE_LAYERS)  # the preset without ImageNet weights
+    assert full.options["scoring"]["coherence_layers"] == list(OFFLINE_SCORE_LAYERS)  # JSON-ready lists
+    assert full.options["scoring"]["coherence_weight"] == [0.15, 0.25]
+    assert not {"max_epochs", "pre_trained", "pre_processor", "post_processor", "evaluator", "visualizer"} & set(
+        options
+    )
     none = run_settings("dhkd", "none", image_size=64, seed=0, quick=True)
     assert none.layers == RANDOM_ENCODER_PRESET["layers"]
     assert none.encoder_layers == ("blocks.2", "blocks.4", "blocks.1")
     pretrained = run_settings("dhkd", "pretrained", image_size=64, seed=0, quick=True)
     assert pretrained.layers == OFFLINE_LAYERS
-    assert pretrained.options["score_layers"] == list(OFFLINE_SCORE_LAYERS)
-    assert pretrained.options["student_blocks"] == PRETRAINED_ENCODER_PRESET["student_blocks"]
-    assert pretrained.options["student_blocks"] != defaults["student_blocks"]
+    assert pretrained.options["student"]["blocks"] == PRETRAINED_ENCODER_PRESET["student"].blocks == 1
     assert pretrained.encoder_layers == ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+
+
+def test_suite_builds_each_model_from_its_record_options() -> None:
+    """A record's JSON options rebuild the same model: dataclass settings come back as dataclasses."""
+    from benchmarks.suite.worker import build_model
+
+    settings = run_settings("dhkd", "none", image_size=64, seed=0, quick=True)
+    model = build_model("dhkd", settings)
+    assert isinstance(model, Dhkd)
+    assert model.hparams["student"] == dataclasses.asdict(RANDOM_ENCODER_PRESET["student"])
+    assert model.hparams["scoring"] == settings.options["scoring"]
+    assert model.trainer_arguments["max_epochs"] == settings.epochs
+    padim = build_model("padim", run_settings("padim", "none", image_size=64, seed=0, quick=True))
+    assert type(padim).__name__ == "Padim"
+    normalise = padim.pre_processor.transform.transforms[-1]
+    assert list(normalise.mean) == [0.5, 0.5, 0.5]  # tf_efficientnet_lite0's own statistics, not ImageNet's
 
 
 def test_layer_check_accepts_any_order_and_rejects_a_dropped_layer() -> None:
     """The worker's check that a model extracts the requested layers (anomalib drops unknown names silently)."""
     from benchmarks.suite.worker import check_layers
 
-    model = DhkdModel(
-        backbone="tf_efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False, score_layers=["blocks.1"]
-    )  # a score layer shallower than the map's: extracted first
+    layers = ["blocks.2", "blocks.4"]
+    teacher, scoring = resolve(False, layers, FlowTeacherConfig(), ScoringConfig(score_layers=["blocks.1"]))
+    # a score layer shallower than the map's: extracted first
+    model = DhkdModel("tf_efficientnet_lite0", layers, False, teacher, DenoisingStudentConfig(), scoring)
     check_layers(model, ("blocks.2", "blocks.4", "blocks.1"))
     with pytest.raises(ValueError, match="extracts layers"):
         check_layers(model, ("blocks.2", "blocks.4"))
@@ -342,11 +355,15 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
     model = get_model(jobs[0]["model"])
     if config.stem == "dhkd":
         assert type(model) is Dhkd
-        assert model.trainer_arguments["max_epochs"] == (1 if config.parent.name == "quick" else EPOCHS["dhkd"])
+        epochs = 1 if config.parent.name == "quick" else SUITE_MODELS["dhkd"].epochs
+        assert model.trainer_arguments["max_epochs"] == epochs
         assert model.freeze_teacher is (config.parent.name != "quick")
-        assert model.model.score_layers == list(OFFLINE_SCORE_LAYERS)
+        assert list(model.model.encoder.layers) == [*OFFLINE_LAYERS, "blocks.6"]
+        preset_scoring, scoring = PRETRAINED_ENCODER_PRESET["scoring"], model.hparams["scoring"]
+        assert list(scoring["score_layers"]) == list(preset_scoring.score_layers)
+        assert list(scoring["coherence_weight"]) == list(preset_scoring.coherence_weight)
         student_depths = {len(student.blocks) for student in model.model.students}
-        assert student_depths == {PRETRAINED_ENCODER_PRESET["student_blocks"]}
+        assert student_depths == {PRETRAINED_ENCODER_PRESET["student"].blocks}
     else:
         assert type(model).__name__.lower() == config.stem.replace("_", "")
     for job in jobs:  # the shared data, relative to the repository root

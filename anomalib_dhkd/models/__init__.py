@@ -3,9 +3,30 @@
 import importlib
 from types import ModuleType
 
-from anomalib_dhkd.models.dhkd import OFFLINE_BACKBONE, OFFLINE_LAYERS, OFFLINE_SCORE_LAYERS, Dhkd, offline_dhkd
+from anomalib_dhkd.models.base import KnowledgeDistillationModule
+from anomalib_dhkd.models.dhkd import (
+    OFFLINE_BACKBONE,
+    OFFLINE_LAYERS,
+    OFFLINE_SCORE_LAYERS,
+    Dhkd,
+    offline_dhkd,
+    offline_preset,
+)
 
-__all__ = ["OFFLINE_BACKBONE", "OFFLINE_LAYERS", "OFFLINE_SCORE_LAYERS", "Dhkd", "offline_dhkd", "register"]
+# Every model of the family: registered with anomalib, covered by the contract tests and the benchmark suite.
+MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd,)
+
+__all__ = [
+    "MODELS",
+    "OFFLINE_BACKBONE",
+    "OFFLINE_LAYERS",
+    "OFFLINE_SCORE_LAYERS",
+    "Dhkd",
+    "KnowledgeDistillationModule",
+    "offline_dhkd",
+    "offline_preset",
+    "register",
+]
 
 
 def register(anomalib_models: ModuleType) -> None:
@@ -17,7 +38,7 @@ def register(anomalib_models: ModuleType) -> None:
         anomalib_models: The imported ``anomalib.models`` module.
 
     """
-    for model_class in (Dhkd,):
+    for model_class in MODELS:
         setattr(anomalib_models, model_class.__name__, model_class)
         if model_class.__name__ not in anomalib_models.__all__:
             anomalib_models.__all__.append(model_class.__name__)

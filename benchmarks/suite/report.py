@@ -86,10 +86,10 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
         f"commit(s) {commits}; machine(s): {machines}.",
         "",
         "The suite trains and tests every model through anomalib's `Engine` with the same data, image size, seed and "
-        "batch size (each track states them, and warns where merged runs differ), scored by "
-        "`anomalib_dhkd.evaluation.default_evaluator()` (image AUROC and F1, pixel AUROC, PRO = anomalib's AUPRO up "
-        "to FPR 0.3) after anomalib's post-processor has normalised the scores. images/s: torch eager on the CPU, "
-        "2 threads, full forward (pre- to post-processing), after a warm-up. Peak RSS is that of the run's own "
+        "batch size (each track states them, and warns where merged runs differ), scored by the family's evaluator, "
+        "`anomalib_dhkd.models.evaluation.default_evaluator()` (image AUROC and F1, pixel AUROC, PRO = anomalib's "
+        "AUPRO up to FPR 0.3) after anomalib's post-processor has normalised the scores. images/s: torch eager on the "
+        "CPU, 2 threads, full forward (pre- to post-processing), after a warm-up. Peak RSS is that of the run's own "
         "process.",
     ]
 

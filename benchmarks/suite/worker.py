@@ -10,8 +10,6 @@ from the exit status.
 import argparse
 import json
 import os
-import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,51 +20,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from anomalib.data import Batch, MVTecAD
 from anomalib.engine import Engine
-from anomalib.models import Cflow, Padim, Patchcore, ReverseDistillation
 from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch.optim import Optimizer
 
-from anomalib_dhkd.evaluation import default_evaluator
-from anomalib_dhkd.models import OFFLINE_BACKBONE, Dhkd, offline_dhkd
-from anomalib_dhkd.weights import install_efficientnet_lite0
+from anomalib_dhkd.models import OFFLINE_BACKBONE
+from anomalib_dhkd.tools.weights import install_efficientnet_lite0
+from benchmarks.measure import median_seconds, peak_rss_mb
+from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.settings import METRICS, RunSettings
 
 TORCH_THREADS = 2
-PEER_MODELS: dict[str, type[AnomalibModule]] = {
-    "padim": Padim,
-    "patchcore": Patchcore,
-    "cflow": Cflow,
-    "reverse_distillation": ReverseDistillation,
-}
 
 
 def build_model(name: str, settings: RunSettings) -> AnomalibModule:
-    """Build ``name`` with the suite's shared pre-processing, the project's evaluator and no visualiser.
-
-    Every model resizes to ``settings.image_size`` and normalises with its backbone's pretrained statistics (DHKD's
-    pre-processor); every model is scored by :func:`anomalib_dhkd.evaluation.default_evaluator`.
-    """
-    common = {
-        "pre_processor": Dhkd.configure_pre_processor((settings.image_size,) * 2, settings.backbone),
-        "evaluator": default_evaluator(),
-        "visualizer": False,
-    }
-    if name == "dhkd":
-        return offline_dhkd(
-            settings.image_size,
-            pre_trained=settings.pre_trained,
-            layers=settings.layers,
-            max_epochs=settings.epochs,
-            **settings.options,
-            **common,
-        )
-    return PEER_MODELS[name](
-        backbone=settings.backbone,
-        layers=list(settings.layers),
-        pre_trained=settings.pre_trained,
-        **settings.options,
-        **common,
+    """Build ``name`` as the suite trains it: its own pre-processor, the family's evaluator, no visualiser."""
+    return SUITE_MODELS[name].build(
+        settings.layers, settings.pre_trained, settings.epochs, settings.image_size, settings.options
     )
 
 
@@ -87,28 +57,12 @@ def optimised_parameters(optimizers: list[Optimizer]) -> int:
     return sum(p.numel() for p in parameters.values())
 
 
-def images_per_second(
-    model: AnomalibModule,
-    image_size: int,
-    batch_size: int,
-    min_seconds: float = 3.0,
-    min_calls: int = 3,
-) -> float:
-    """Torch eager CPU throughput of the full forward (pre-processing to post-processing) on random images.
-
-    One untimed warm-up call, then calls until both ``min_seconds`` and ``min_calls`` are reached. The median call
-    time counts, so that a burst of load from other processes on the machine does not skew the result.
-    """
+def images_per_second(model: AnomalibModule, image_size: int, batch_size: int, min_seconds: float = 3.0) -> float:
+    """Torch eager throughput of the full forward (pre-processing to post-processing) on random images."""
     images = torch.rand(batch_size, 3, image_size, image_size)
     model.eval()
     with torch.inference_mode():
-        model(images)
-        durations: list[float] = []
-        while len(durations) < min_calls or sum(durations) < min_seconds:
-            start = time.perf_counter()
-            model(images)
-            durations.append(time.perf_counter() - start)
-    return batch_size / statistics.median(durations)
+        return batch_size / median_seconds(lambda: model(images), min_seconds)
 
 
 class GalleryMaps(Callback):
@@ -193,7 +147,7 @@ def run_job(job: dict[str, Any], result_path: Path, maps_path: Path) -> None:
         install_efficientnet_lite0()
     gallery = GalleryMaps(job["gallery"])
     result = train_and_test(job, settings, gallery)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["peak_rss_mb"] = peak_rss_mb()
     torch.save(gallery.payload(), maps_path)
     result_path.write_text(json.dumps(result))
 

@@ -15,13 +15,31 @@ During the teacher warm-up only the teacher terms are used, and once the teacher
 (see :class:`anomalib_dhkd.models.dhkd.Dhkd`).
 """
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from anomalib_dhkd.components import AffinityLoss, flow_negative_log_likelihood
+from anomalib_dhkd.components.losses import AffinityLoss
+from anomalib_dhkd.components.teachers import flow_negative_log_likelihood
+
+
+@dataclass(frozen=True)
+class DhkdLossWeights:
+    """Weights of DHKD's loss terms (the teacher's likelihood has weight 1).
+
+    Args:
+        distillation_weight: Weight of the student-to-teacher regression.
+        affinity_weight: Weight of the teacher-student affinity loss.
+        jacobian_weight: Weight of the teacher's log-determinant regulariser.
+
+    """
+
+    distillation_weight: float = 1.0
+    affinity_weight: float = 1.0
+    jacobian_weight: float = 0.01
 
 
 class DhkdLossTerms(NamedTuple):

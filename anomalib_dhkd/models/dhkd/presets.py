@@ -8,6 +8,8 @@ Example:
 
 from typing import Any
 
+from anomalib_dhkd.components.scoring import ScoringConfig
+from anomalib_dhkd.components.students import DenoisingStudentConfig
 from anomalib_dhkd.models.dhkd.lightning_model import Dhkd
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
@@ -17,31 +19,24 @@ OFFLINE_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 # score_layers).
 OFFLINE_SCORE_LAYERS = ("blocks.4", "blocks.6")
 # With either encoder each student has one dual-domain block, not the model default's two: a smaller student
-# reproduces the teacher less well off the normal manifold. Measured on this backbone only, three seeds per track
-# (model README, "One dual-domain block per student").
-OFFLINE_STUDENT_BLOCKS = 1
+# reproduces the teacher less well off the normal manifold (model README, "One dual-domain block per student").
+ONE_BLOCK_STUDENT = DenoisingStudentConfig(blocks=1)
 # The map adds the discrepancy coherence of blocks.4 (7 x 7 cells) and of the score-only blocks.6 (3 x 3 cells, the
-# same 112 px), weighted 0.15 and 0.25: of the weights screened on three Magnetic Tile seeds and bottle, the pair that
-# beat blocks.4 alone at 0.25 on pixel AUROC and PRO in all four by the most (model README, "Discrepancy coherence").
+# same 112 px), weighted 0.15 and 0.25 (model README, "Discrepancy coherence").
 PRETRAINED_ENCODER_PRESET: dict[str, Any] = {
     "layers": OFFLINE_LAYERS,
-    "score_layers": OFFLINE_SCORE_LAYERS,
-    "student_blocks": OFFLINE_STUDENT_BLOCKS,
-    "coherence_layers": OFFLINE_SCORE_LAYERS,
-    "coherence_weight": (0.15, 0.25),
+    "student": ONE_BLOCK_STUDENT,
+    "scoring": ScoringConfig(
+        score_layers=OFFLINE_SCORE_LAYERS, coherence_layers=OFFLINE_SCORE_LAYERS, coherence_weight=(0.15, 0.25)
+    ),
 }
 # Without ImageNet weights the same three pairs are trained, but the map leaves out the stride-4 blocks.1, whose
 # random features respond to normal texture, and fuses raw discrepancies smoothed more; the image score keeps all
-# three standardised scales and the default smoothing. The student's input noise is doubled (and, as by default,
-# correlated over one feature cell). See RANDOM_ENCODER_PRESET's measurements in the model README.
+# three standardised layers and the default smoothing. The student's input noise is doubled (model README).
 RANDOM_ENCODER_PRESET: dict[str, Any] = {
     "layers": ("blocks.2", "blocks.4"),
-    "noise_level": 1.0,
-    "score_layers": OFFLINE_LAYERS,
-    "standardize_map": False,
-    "blur_sigma": 12.0,
-    "score_blur_sigma": 4.0,
-    "student_blocks": OFFLINE_STUDENT_BLOCKS,
+    "student": DenoisingStudentConfig(blocks=1, noise_level=1.0),
+    "scoring": ScoringConfig(score_layers=OFFLINE_LAYERS, standardize_map=False, blur_sigma=12.0, score_blur_sigma=4.0),
 }
 
 

@@ -1,0 +1,90 @@
+"""Frozen timm feature extractors whose layers are checked, ordered and defaulted from the backbone itself.
+
+anomalib's :class:`~anomalib.models.components.TimmFeatureExtractor` drops a layer name the backbone does not have
+with only a warning; a model silently trained on fewer scales than configured is worse than an error. The layer
+names, their channels and their strides come from timm's ``feature_info``, read on the ``meta`` device so that no
+weights are allocated (0.08 s instead of 0.9 s for ``wide_resnet50_2``).
+"""
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.pre_processing import PreProcessor
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Strides of the default feature layers: anomalib's ResNet default ``layer1``-``layer3`` (4, 8, 16) for any backbone.
+DEFAULT_STRIDES = (4, 8, 16)
+
+
+def feature_layers(backbone: str) -> list[tuple[str, int]]:
+    """``(name, stride)`` of each feature layer timm exposes for ``backbone``, shallowest first."""
+    with torch.device("meta"):
+        info = timm.create_model(backbone, features_only=True, pretrained=False).feature_info
+    return list(zip(info.module_name(), info.reduction(), strict=True))
+
+
+def default_layers(backbone: str, strides: Sequence[int] = DEFAULT_STRIDES) -> list[str]:
+    """Return the deepest feature layer of ``backbone`` at each of ``strides`` (``layer1``-``layer3`` of a ResNet).
+
+    Example:
+        >>> default_layers("tf_efficientnet_lite0")
+        ['blocks.1', 'blocks.2', 'blocks.4']
+
+    Raises:
+        ValueError: If the backbone has no feature layer at one of the strides.
+
+    """
+    deepest = {stride: name for name, stride in feature_layers(backbone)}
+    missing = [stride for stride in strides if stride not in deepest]
+    if missing:
+        msg = f"Backbone {backbone!r} has no feature layer at stride(s) {missing}; give its layers explicitly."
+        raise ValueError(msg)
+    return [deepest[stride] for stride in strides]
+
+
+def encoder_layer_names(layers: Sequence[str], extra_layers: Sequence[str]) -> list[str]:
+    """Layers an encoder extracts: ``layers``, then the ``extra_layers`` not among them."""
+    return list(dict.fromkeys([*layers, *extra_layers]))
+
+
+def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> TimmFeatureExtractor:
+    """Build a frozen timm feature extractor of ``layers``, shallowest first, and fail clearly on a bad layer name.
+
+    timm returns features in depth order whatever the order of the names, so the layers are sorted by depth here.
+    Pretrained weights that cannot be fetched (an offline machine) end in one line saying what to do instead.
+
+    Raises:
+        ValueError: If the backbone has no feature layer of one of the names, listing the valid ones.
+        RuntimeError: If the ImageNet weights cannot be loaded.
+
+    """
+    available = [name for name, _ in feature_layers(backbone)]
+    unknown = sorted(set(layers) - set(available))
+    if unknown:
+        msg = f"Backbone {backbone!r} has no feature layer(s) {unknown}. Choose from {available}."
+        raise ValueError(msg)
+    try:
+        return TimmFeatureExtractor(
+            backbone=backbone, layers=sorted(layers, key=available.index), pre_trained=pre_trained, requires_grad=False
+        )
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError and network errors are OSErrors
+        msg = (
+            f"Could not load ImageNet weights for backbone {backbone!r} ({type(error).__name__}); this machine may be "
+            "offline. Use backbone='tf_efficientnet_lite0' after `python -m anomalib_dhkd.weights install`, or "
+            "pre_trained=False."
+        )
+        raise RuntimeError(msg) from error
+
+
+def backbone_pre_processor(backbone: str, image_size: tuple[int, int] | None = None) -> PreProcessor:
+    """Resize to ``image_size`` (default 256 x 256) and normalise with ``backbone``'s pretrained mean and std.
+
+    ``tf_efficientnet_lite0`` was trained on inputs scaled to ``[-1, 1]`` (mean and std 0.5), not with ImageNet's
+    statistics, which anomalib's default pre-processor uses for every backbone.
+    """
+    config = timm.get_pretrained_cfg(backbone)
+    mean, std = (config.mean, config.std) if config else IMAGENET_MEAN_STD
+    return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True), Normalize(mean, std)]))

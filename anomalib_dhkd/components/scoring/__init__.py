@@ -1,0 +1,28 @@
+"""Scoring: per-layer teacher-student features to an anomaly map and an image score, fitted on normal images."""
+
+from anomalib_dhkd.components.scoring.discrepancy import coherence_windows, discrepancy_coherence, squared_discrepancy
+from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion, top_fraction_mean
+from anomalib_dhkd.components.scoring.global_statistics import GaussianDistance, channel_statistics, vector_moments
+from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments, mean_and_std
+from anomalib_dhkd.components.scoring.scorer import DiscrepancyScorer, ScoringConfig, ScoringInput
+from anomalib_dhkd.components.scoring.smoothing import GaussianBlur
+
+__all__ = [
+    "DiscrepancyScorer",
+    "GaussianBlur",
+    "GaussianDistance",
+    "ImageScoreFusion",
+    "MapCoherence",
+    "MapFusion",
+    "PositionStandardizer",
+    "ScoringConfig",
+    "ScoringInput",
+    "channel_statistics",
+    "coherence_windows",
+    "discrepancy_coherence",
+    "map_moments",
+    "mean_and_std",
+    "squared_discrepancy",
+    "top_fraction_mean",
+    "vector_moments",
+]

@@ -1,0 +1,269 @@
+"""Scoring out of the network: teacher-student features in, anomaly map and image score out.
+
+A model of the family hands its per-layer teacher and student features to a :class:`DiscrepancyScorer`; the scorer
+turns them into per-position discrepancies, standardises them with statistics of normal images, fuses layers,
+smooths, adds the calibrated coherence to the map and calibrated global evidence to the image score. Its fit/forward
+protocol is the same for every model:
+
+* ``scorer.fit(inputs, sum_across_processes)``: ``inputs()`` returns a fresh iterable of :class:`ScoringInput` of
+  normal training images per call; the scorer makes one pass (two with a global score or coherence).
+* ``scorer(scoring_input)``: an :class:`~anomalib.data.InferenceBatch` with ``pred_score`` and ``anomaly_map``.
+
+Statistics are accumulated as summed moments (count, sum, sum of squares or outer products, in float64), so batches
+and distributed processes add up with one ``sum_across_processes`` call per fit (the Lightning strategy's ``reduce``);
+``torchmetrics.Metric`` states would reduce the same sums, one state class per statistic.
+
+Example:
+    >>> scorer = DiscrepancyScorer(["a"], channels=[8], strides=[8], map_layers=["a"], config=ScoringConfig(
+    ...     score_layers=["a"], standardize_map=False, global_score=False, coherence_layers=["a"], coherence_weight=0))
+    >>> features = torch.rand(2, 8, 4, 4)
+    >>> scorer(ScoringInput([features], [features], (32, 32))).anomaly_map.shape
+    torch.Size([2, 1, 32, 32])
+
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_dhkd.components.scoring.discrepancy import coherence_windows, discrepancy_coherence, squared_discrepancy
+from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion
+from anomalib_dhkd.components.scoring.global_statistics import channel_statistics, vector_moments
+from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments
+
+Discrepancy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MomentsSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How discrepancies become the anomaly map and the image score. ``None``: the model decides by encoder.
+
+    Args:
+        score_layers: Layers whose per-position standardised discrepancies form the image score; a layer outside the
+            map's layers gets its own teacher-student pair that only the score uses.
+        blur_sigma: Gaussian smoothing of the anomaly map in pixels; ``0``: none.
+        score_blur_sigma: Smoothing of the map the image score is taken from; ``None``: ``blur_sigma``.
+        score_fraction: The image score is the mean of this share of the score map's highest values.
+        standardize_map: Fuse per-position standardised discrepancies into the map instead of raw ones.
+        global_score: Add the score layers' teacher-latent channel statistics (a Gaussian distance to those of
+            normal images) to the image score, each source calibrated on the training images.
+        coherence_layers: Layers whose discrepancy coherence is added to the map; ``None``: the deepest map layer.
+        coherence_weight: Weight of each coherence layer's map relative to the local map's spread on normal images,
+            one for all or one per layer; ``0``: no coherence.
+        coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd; other layers
+            span the same pixels.
+
+    """
+
+    score_layers: Sequence[str] | None = None
+    blur_sigma: float = 4.0
+    score_blur_sigma: float | None = None
+    score_fraction: float = 0.01
+    standardize_map: bool | None = None
+    global_score: bool | None = None
+    coherence_layers: Sequence[str] | None = None
+    coherence_weight: float | Sequence[float] | None = None
+    coherence_window: int = 7
+
+    def unresolved(self) -> list[str]:
+        """Names of the settings still ``None`` that the scorer needs decided."""
+        optional = {"score_blur_sigma", "coherence_layers"}
+        return [f.name for f in fields(self) if getattr(self, f.name) is None and f.name not in optional]
+
+
+class ScoringInput(NamedTuple):
+    """Per-layer teacher and student features ``(N, C_k, h_k, w_k)`` of a batch, and its image size."""
+
+    teacher: list[torch.Tensor]
+    student: list[torch.Tensor]
+    image_size: tuple[int, int]
+
+
+class DiscrepancyScorer(nn.Module):
+    """Anomaly map and image score from per-layer teacher-student features.
+
+    ``d_k = discrepancy(S_k, T_k)`` per layer, ``z_k = (d_k - mean_k(p)) / std_k(p)`` with statistics of normal
+    images. The anomaly map is the smoothed mean of ``d_k`` (or ``z_k`` with ``standardize_map``) over the map
+    layers plus the scaled coherence of ``S_k - T_k`` over the coherence layers (:class:`MapCoherence`). The local
+    score is the top ``score_fraction`` mean of the smoothed mean of ``z_k`` over the score layers; with
+    ``global_score`` the calibrated Gaussian distances of the score layers' teacher channel statistics are added to
+    it (:class:`ImageScoreFusion`).
+
+    Args:
+        layers: Names of the layers of the features the scorer is given, in that order.
+        channels: Teacher channels of each layer.
+        strides: Stride of each layer in pixels.
+        map_layers: Layers fused into the anomaly map.
+        config: Scoring settings, every encoder-dependent default decided (:meth:`ScoringConfig.unresolved`).
+        discrepancy: Per-position discrepancy ``(S, T) -> (N, 1, h, w)``.
+
+    Raises:
+        ValueError: For an undecided setting, or a score or coherence layer the scorer is not given.
+
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        channels: Sequence[int],
+        strides: Sequence[int],
+        map_layers: Sequence[str],
+        config: ScoringConfig,
+        discrepancy: Discrepancy = squared_discrepancy,
+    ) -> None:
+        super().__init__()
+        if config.unresolved():
+            msg = f"Scoring settings {config.unresolved()} are undecided; the model must resolve them first."
+            raise ValueError(msg)
+        layers = list(layers)
+        self.map_indices = _indices(layers, map_layers, "map layers")
+        self.score_indices = _indices(layers, config.score_layers, "score_layers")
+        deepest_map_index = max(self.map_indices)  # layers are given shallowest first
+        coherence_layers = list(config.coherence_layers or [layers[deepest_map_index]])
+        self.coherence_indices = _indices(layers, coherence_layers, "coherence_layers")
+        self.standardize_map = config.standardize_map
+        self.discrepancy = discrepancy
+        self.position_statistics = nn.ModuleList(PositionStandardizer() for _ in layers)
+        self.map_fusion = MapFusion(config.blur_sigma, config.score_fraction, config.score_blur_sigma)
+        coherence_strides = [strides[i] for i in self.coherence_indices]
+        self.map_coherence = _map_coherence(config, coherence_strides, strides[deepest_map_index])
+        self.score_fusion = ImageScoreFusion([channels[i] for i in self.score_indices]) if config.global_score else None
+
+    def forward(self, inputs: ScoringInput) -> InferenceBatch:
+        """Anomaly map ``(N, 1, H, W)`` and image score ``(N,)`` of the inputs."""
+        anomaly_map, sources = self._map_and_sources(inputs, add_coherence=True)
+        pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+    @torch.no_grad()
+    def fit(self, inputs: Callable[[], Iterable[ScoringInput]], sum_across_processes: MomentsSum | None = None) -> None:
+        """Fit the statistics of normal images in passes over ``inputs()`` (normal training images).
+
+        The first pass fits each layer's per-position discrepancy statistics and, with ``global_score``, the Gaussians
+        of the score layers' teacher channel statistics; a second pass (with ``global_score`` or coherence)
+        calibrates the image score's sources and scales the coherence maps.
+
+        Args:
+            inputs: Returns a fresh iterable of :class:`ScoringInput` per call.
+            sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
+
+        Raises:
+            ValueError: If ``inputs()`` is empty, or has fewer than two images.
+
+        """
+        total = sum_across_processes or (lambda moments: moments)
+        moments = [total(m) for m in _summed_over_batches(inputs(), self._statistics_moments)]
+        layers = len(self.position_statistics)
+        for statistics, layer_moments in zip(self.position_statistics, moments[:layers], strict=True):
+            statistics.fit(layer_moments)
+        if self.score_fusion is not None:
+            for distance, latent_moments in zip(self.score_fusion.distances, moments[layers:], strict=True):
+                distance.fit(latent_moments)
+        if self.score_fusion is None and self.map_coherence is None:
+            return
+        source_moments, *pixel_moments = (total(m) for m in _summed_over_batches(inputs(), self._calibration_moments))
+        if self.score_fusion is not None:
+            self.score_fusion.fit_calibration(source_moments)
+        if self.map_coherence is not None:
+            self.map_coherence.fit(pixel_moments[0], pixel_moments[1:])
+
+    def _statistics_moments(self, inputs: ScoringInput) -> list[torch.Tensor]:
+        """Moments of each layer's discrepancy, then (``global_score``) of each score layer's channel statistics."""
+        moments = [map_moments(d) for d in self._discrepancies(inputs)]
+        if self.score_fusion is not None:
+            moments += [vector_moments(channel_statistics(inputs.teacher[i])) for i in self.score_indices]
+        return moments
+
+    def _calibration_moments(self, inputs: ScoringInput) -> list[torch.Tensor]:
+        """Moments of the image score's sources, then pixel moments of the smoothed local and coherence maps."""
+        local_map, sources = self._map_and_sources(inputs, add_coherence=False)
+        moments = [map_moments(sources)]
+        if self.map_coherence is not None:
+            smooth = self.map_fusion.smooth
+            coherence_maps = [smooth([c], image_size=inputs.image_size) for c in self._coherence(inputs)]
+            moments += [map_moments(m.flatten()) for m in [local_map, *coherence_maps]]
+        return moments
+
+    def _discrepancies(self, inputs: ScoringInput) -> list[torch.Tensor]:
+        return [self.discrepancy(s, t) for s, t in zip(inputs.student, inputs.teacher, strict=True)]
+
+    def _coherence(self, inputs: ScoringInput) -> list[torch.Tensor]:
+        """Discrepancy coherence of each coherence layer (:func:`discrepancy_coherence`)."""
+        return [
+            discrepancy_coherence(inputs.student[i] - inputs.teacher[i], window)
+            for i, window in zip(self.coherence_indices, self.map_coherence.windows, strict=True)
+        ]
+
+    def _map_and_sources(self, inputs: ScoringInput, add_coherence: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly map (the local map without ``add_coherence``) and image-score sources ``(N, S)``."""
+        discrepancies = self._discrepancies(inputs)
+        coherence = self._coherence(inputs) if self.map_coherence is not None and add_coherence else None
+        standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
+        standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
+        map_source = standardised if self.standardize_map else discrepancies
+        score_is_map = self.standardize_map and self.score_indices == self.map_indices
+        anomaly_map, local_score = self.map_fusion(
+            [map_source[i] for i in self.map_indices],
+            None if score_is_map else [standardised[i] for i in self.score_indices],
+            image_size=inputs.image_size,
+            map_addends=self.map_coherence(coherence) if coherence is not None else None,
+        )
+        if self.score_fusion is None:
+            return anomaly_map, local_score.unsqueeze(1)
+        return anomaly_map, self.score_fusion.sources(local_score, [inputs.teacher[i] for i in self.score_indices])
+
+
+def _indices(layers: list[str], names: Sequence[str], what: str) -> list[int]:
+    """Positions of ``names`` among ``layers``.
+
+    Raises:
+        ValueError: If a name is not among ``layers``.
+
+    """
+    unknown = [name for name in names if name not in layers]
+    if unknown:
+        msg = f"{what} {unknown} have no teacher-student pair; choose from {layers}."
+        raise ValueError(msg)
+    return [layers.index(name) for name in names]
+
+
+def _map_coherence(config: ScoringConfig, strides: list[int], reference_stride: int) -> MapCoherence | None:
+    """Build the :class:`MapCoherence` of coherence layers of ``strides``; ``None`` at weight 0.
+
+    Raises:
+        ValueError: If ``coherence_window`` is not an odd number of cells.
+
+    """
+    window = config.coherence_window
+    if window < 1 or window % 2 == 0:
+        msg = f"coherence_window must be an odd number of cells, got {window}."
+        raise ValueError(msg)
+    weight = config.coherence_weight
+    weights = [weight] * len(strides) if isinstance(weight, int | float) else list(weight)
+    if not any(weights):
+        return None
+    return MapCoherence(coherence_windows(window, strides, reference_stride), weights)
+
+
+def _summed_over_batches(
+    batches: Iterable[ScoringInput], moments_of: Callable[[ScoringInput], list[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Sum ``moments_of(batch)`` over the batches.
+
+    Raises:
+        ValueError: If there are no batches.
+
+    """
+    summed: list[torch.Tensor] | None = None
+    for batch in batches:
+        moments = moments_of(batch)
+        summed = moments if summed is None else [s + m for s, m in zip(summed, moments, strict=True)]
+    if summed is None:
+        msg = "Statistics of normal images need training images; the given image batches were empty."
+        raise ValueError(msg)
+    return summed

@@ -1,0 +1,11 @@
+"""Students: networks trained to reproduce the teacher on normal features."""
+
+from anomalib_dhkd.components.students.dual_domain import (
+    DenoisingStudentConfig,
+    DualDomainBlock,
+    DualDomainStudent,
+    FrequencyFilter,
+)
+from anomalib_dhkd.components.students.fourier import irfft2, rfft2
+
+__all__ = ["DenoisingStudentConfig", "DualDomainBlock", "DualDomainStudent", "FrequencyFilter", "irfft2", "rfft2"]

@@ -1,0 +1,111 @@
+"""Dual-domain (spatial + frequency) reconstruction block.
+
+The DHKD student reconstructs clean teacher targets from noisy features with blocks that see the feature map in
+two domains: a local spatial convolution branch and a global frequency branch that filters the 2-D spectrum. A
+frequency-domain filter has a receptive field of the whole map, so it restores structure (periodic texture,
+global shape) that a stack of small convolutions cannot see.
+
+The paper does not specify the frequency filter. We use a learnable point-wise (1x1) convolution over the stacked
+real and imaginary parts of the spectrum, as in Fast Fourier Convolutions: it works for any feature-map size (a
+per-frequency weight tensor would tie the model to one input size) and exports as plain convolutions.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anomalib_dhkd.components.students.fourier import irfft2, rfft2
+
+
+@dataclass(frozen=True)
+class DenoisingStudentConfig:
+    """Settings of per-layer :class:`DualDomainStudent` students trained on noisy features.
+
+    Args:
+        blocks: Dual-domain blocks per student.
+        noise_level: Standard deviation of the Gaussian noise added to the student's training input, relative to each
+            channel's standard deviation.
+        noise_correlation: Spatial correlation length of that noise in feature cells; ``0``: independent at every
+            position (:func:`~anomalib_dhkd.components.noise.add_feature_noise`).
+
+    """
+
+    blocks: int = 2
+    noise_level: float = 0.5
+    noise_correlation: float = 1.0
+
+
+class FrequencyFilter(nn.Module):
+    """Learnable filter in the frequency domain: FFT, point-wise convolution on the spectrum, inverse FFT.
+
+    Args:
+        channels: Number of feature channels.
+
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.spectral_mixer = nn.Sequential(
+            nn.Conv2d(2 * channels, 2 * channels, kernel_size=1),
+            nn.GELU(),
+            nn.Conv2d(2 * channels, 2 * channels, kernel_size=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Filter ``features`` of shape ``(N, C, H, W)`` in the frequency domain."""
+        size = (features.shape[-2], features.shape[-1])
+        real, imag = rfft2(features)
+        real, imag = self.spectral_mixer(torch.cat([real, imag], dim=1)).chunk(2, dim=1)
+        return irfft2(real, imag, size)
+
+
+class DualDomainBlock(nn.Module):
+    """Residual block fusing a spatial convolution branch with a frequency branch.
+
+    ``y = x + W_fuse [spatial(x), frequency(x)]``, with the fusion initialised to zero so that every block starts as
+    the identity and a deep student trains stably.
+
+    Args:
+        channels: Number of feature channels (input and output).
+
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.spatial = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+        )
+        self.frequency = FrequencyFilter(channels)
+        self.fuse = nn.Conv2d(2 * channels, channels, kernel_size=1)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the reconstructed features, same shape as the input."""
+        fused = self.fuse(torch.cat([self.spatial(features), self.frequency(features)], dim=1))
+        return features + fused
+
+
+class DualDomainStudent(nn.Module):
+    """Feed-forward (non-invertible) student: a stem, ``num_blocks`` dual-domain blocks and a projection head.
+
+    Args:
+        channels: Channels of the input features and of the predicted representation.
+        num_blocks: Number of :class:`DualDomainBlock` layers.
+        hidden_channels: Width of the blocks; defaults to ``channels``.
+
+    """
+
+    def __init__(self, channels: int, num_blocks: int = 2, hidden_channels: int | None = None) -> None:
+        super().__init__()
+        hidden_channels = hidden_channels or channels
+        self.stem = nn.Conv2d(channels, hidden_channels, kernel_size=3, padding=1)
+        self.blocks = nn.Sequential(*(DualDomainBlock(hidden_channels) for _ in range(num_blocks)))
+        self.head = nn.Sequential(nn.GELU(), nn.Conv2d(hidden_channels, channels, kernel_size=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Predict the teacher representation from (possibly noisy) ``features`` of shape ``(N, C, H, W)``."""
+        return self.head(self.blocks(self.stem(features)))

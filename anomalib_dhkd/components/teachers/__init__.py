@@ -1,0 +1,5 @@
+"""Teachers: models of normal features whose output the students learn to reproduce."""
+
+from anomalib_dhkd.components.teachers.flow import ConvFlow, FlowTeacherConfig, flow_negative_log_likelihood
+
+__all__ = ["ConvFlow", "FlowTeacherConfig", "flow_negative_log_likelihood"]

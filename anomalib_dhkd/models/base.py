@@ -1,0 +1,300 @@
+"""Base Lightning module of the plugin's knowledge-distillation models: everything a model of the family needs once.
+
+A model subclasses :class:`KnowledgeDistillationModule` and then anomalib's ``AnomalibModule`` (anomalib finds models
+by name among the *direct* subclasses of ``AnomalibModule``), builds its torch model in ``self.model`` and
+implements :meth:`~KnowledgeDistillationModule.training_losses` and ``configure_optimizers``. The base provides:
+
+* guards: a one-line error naming the images with NaN or infinite pixels, and one naming the loss term, epoch and
+  step as soon as a loss is not finite;
+* the teacher/student schedule: ``teacher_warmup_epochs`` train the teacher alone, then the student trains, with the
+  teacher frozen (``freeze_teacher``) or jointly (:attr:`training_teacher`, :attr:`training_student`);
+* fitting of normal statistics: a torch model with ``fit_normal_statistics(images, sum_across_processes)`` is fitted
+  on the training images before each validation of a fit, so thresholds are fitted on the scores it will give;
+* ``trainer_arguments`` from a ``max_epochs`` argument (``anomalib benchmark`` passes no trainer settings), with
+  gradient-norm clipping;
+* the random generators' states in every checkpoint (:class:`~anomalib_dhkd.models.callbacks.RandomStateCheckpoint`);
+* the backbone's normalisation in the default pre-processor and the family's evaluator (image AUROC, pixel AUROC,
+  PRO);
+* OpenVINO INT8 post-training quantisation of the encoder only, declared by :attr:`FEATURE_TAP_NAME`: the ops
+  upstream of the torch model's feature taps are quantised, everything after them stays FP32.
+"""
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from anomalib import LearningType
+from anomalib.data import AnomalibDataModule, Batch
+from anomalib.deploy import CompressionType
+from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+
+from anomalib_dhkd.components.encoders import backbone_pre_processor
+from anomalib_dhkd.models.callbacks import RandomStateCheckpoint
+from anomalib_dhkd.models.evaluation import default_evaluator
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def check_finite_images(batch: Batch) -> None:
+    """Raise a one-line ``ValueError`` naming the images of ``batch`` that contain NaN or infinite values.
+
+    A non-finite pixel (from a custom datamodule or transform) would otherwise only surface as a non-finite loss
+    term, with no hint of which image caused it.
+    """
+    finite = torch.isfinite(batch.image).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    paths = list(batch.image_path or [])
+    names = [str(paths[i]) if i < len(paths) else f"batch item {i}" for i in (~finite).nonzero().flatten().tolist()]
+    msg = (
+        f"Input image(s) with NaN or infinite pixel values: {', '.join(names)}. Check the datamodule's transforms "
+        "and the image files (python -m anomalib_dhkd.check ROOT)."
+    )
+    raise ValueError(msg)
+
+
+def check_schedule(teacher_warmup_epochs: int, max_epochs: int, freeze_teacher: bool) -> None:
+    """Raise ``ValueError`` for a warm-up outside ``[0, max_epochs)`` or a frozen teacher that never trains."""
+    if not 0 <= teacher_warmup_epochs < max_epochs:
+        msg = f"teacher_warmup_epochs must be in [0, max_epochs), got {teacher_warmup_epochs} and {max_epochs}."
+        raise ValueError(msg)
+    if freeze_teacher and teacher_warmup_epochs == 0:
+        msg = "freeze_teacher=True needs teacher_warmup_epochs >= 1, or the teacher never trains; set one of them."
+        raise ValueError(msg)
+
+
+def as_settings(settings_class: type[T], value: T | Mapping[str, Any]) -> T:
+    """``value`` as a ``settings_class`` dataclass: checkpoints store settings as plain dictionaries."""
+    return settings_class(**value) if isinstance(value, Mapping) else value
+
+
+class KnowledgeDistillationModule:
+    """What every model of the family shares: guards, schedule, statistics, trainer arguments, INT8 export.
+
+    A mixin placed before ``AnomalibModule``: ``class Model(KnowledgeDistillationModule, AnomalibModule)``.
+
+    Args:
+        backbone: timm backbone whose pretrained mean and standard deviation the default pre-processor uses.
+        max_epochs: Training epochs, teacher warm-up included.
+        teacher_warmup_epochs: Epochs during which only the teacher trains; ``0`` for a fixed teacher.
+        freeze_teacher: After the warm-up train the student alone (needs a warm-up); ``False``: both, jointly.
+        pre_processor: Pre-processor, or ``True`` for the default: resize to 256 px, normalise with the backbone's
+            statistics.
+        post_processor: Post-processor instance or flag to use the default.
+        evaluator: Evaluator instance or flag to use the default (:func:`default_evaluator`).
+        visualizer: Visualizer instance or flag to use the default.
+
+    Raises:
+        ValueError: For a warm-up outside ``[0, max_epochs)``, or ``freeze_teacher`` without a warm-up.
+
+    """
+
+    # Substring of the exported op names of the torch model's feature taps (its per-layer feature normalisation),
+    # which INT8 post-training quantisation keeps everything after in FP32; ``None``: no encoder-only INT8.
+    FEATURE_TAP_NAME: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        backbone: str,
+        max_epochs: int,
+        teacher_warmup_epochs: int = 0,
+        freeze_teacher: bool = False,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        check_schedule(teacher_warmup_epochs, max_epochs, freeze_teacher)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(backbone=backbone)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        # Settings dataclasses are saved as dictionaries, so that a checkpoint loads with a plain
+        # torch.load(weights_only=True), as anomalib's own callbacks load it; the constructor takes either.
+        for name, value in list(self.hparams.items()):
+            if dataclasses.is_dataclass(value):
+                self.hparams[name] = dataclasses.asdict(value)
+        self.max_epochs = max_epochs
+        self.teacher_warmup_epochs = teacher_warmup_epochs
+        self.freeze_teacher = freeze_teacher
+        self._statistics_step: int | None = None  # global step at which the normal-image statistics were fitted
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        backbone: str = "wide_resnet50_2",
+    ) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256) and normalise with the backbone's pretrained statistics."""
+        return backbone_pre_processor(backbone, image_size)
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC for validation; image AUROC and F1, pixel AUROC and F1, and PRO for testing."""
+        return default_evaluator()
+
+    @property
+    def training_student(self) -> bool:
+        """Whether the teacher warm-up is over and the student is being distilled."""
+        return self.current_epoch >= self.teacher_warmup_epochs
+
+    @property
+    def training_teacher(self) -> bool:
+        """Whether the teacher trains: always, or only during the warm-up with ``freeze_teacher``."""
+        return not self.freeze_teacher or self.current_epoch < self.teacher_warmup_epochs
+
+    def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
+        """Loss terms of a batch of normal images: ``total`` (optimised) and named terms to log (``None``: skipped).
+
+        Raises:
+            NotImplementedError: In the base class.
+
+        """
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Check the images, compute :meth:`training_losses`, stop on a non-finite term and log them.
+
+        Raises:
+            ValueError: If an input image contains NaN or infinite values, naming the image paths.
+            FloatingPointError: As soon as a loss term is not finite, naming the term, epoch and step.
+
+        """
+        del args, kwargs  # These variables are not used.
+        check_finite_images(batch)
+        terms = {name: value for name, value in self.training_losses(batch).items() if value is not None}
+        for name, value in terms.items():
+            if not math.isfinite(value.item()):
+                msg = (
+                    f"{type(self).__name__} loss term '{name}' became {value.item()} at epoch {self.current_epoch}, "
+                    f"step {self.global_step}. Lower the learning rate, or check the input images "
+                    "(python -m anomalib_dhkd.check ROOT)."
+                )
+                raise FloatingPointError(msg)
+        batch_size = batch.image.shape[0]
+        total = terms.pop("total")
+        self.log_dict({f"train_{name}": value for name, value in terms.items()}, batch_size=batch_size)
+        self.log("train_loss", total, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return {"loss": total}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores of a validation batch."""
+        del args, kwargs  # These variables are not used.
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def on_validation_start(self) -> None:
+        """During a fit, fit the normal-image statistics of the current weights before validation scores anything."""
+        fit = getattr(self.model, "fit_normal_statistics", None)
+        if fit is not None and self.trainer.state.fn == TrainerFn.FITTING and self._statistics_step != self.global_step:
+            self.fit_normal_statistics()
+
+    def fit_normal_statistics(self) -> None:
+        """Fit the torch model's statistics of normal images on the training images (all processes)."""
+        logger.info("%s: fitting the statistics of normal images on the training images.", type(self).__name__)
+        strategy = self.trainer.strategy
+        with torch.inference_mode(False):  # the statistics are buffers used later outside inference mode
+            self.model.fit_normal_statistics(
+                lambda: self._training_images(self.trainer.train_dataloader),
+                sum_across_processes=lambda t: strategy.reduce(t, reduce_op="sum"),
+            )
+        self._statistics_step = self.global_step
+
+    def _training_images(self, loader: Any) -> Iterator[torch.Tensor]:
+        """Pre-processed image batches of ``loader`` on the model's device, as training saw them."""
+        transform = getattr(self.pre_processor, "transform", None)
+        for batch in loader:
+            images = batch.image.to(self.device)
+            yield transform(images) if transform else images
+
+    def _compress_ov_model(
+        self,
+        model: Any,
+        compression_type: CompressionType | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """Refuse ``INT8_ACQ`` for models with an encoder-only INT8 scope; the rest goes through anomalib.
+
+        NNCF's accuracy-controlled search starts from a fully quantised model, and INT8 activations after the
+        encoder (in a flow, a student or the scoring) break the scores; anomalib gives it no ignored scope.
+
+        Raises:
+            ValueError: For ``INT8_ACQ`` when :attr:`FEATURE_TAP_NAME` is set.
+
+        """
+        if compression_type == CompressionType.INT8_ACQ and self.FEATURE_TAP_NAME:
+            msg = (
+                f"{type(self).__name__} does not support INT8_ACQ export: INT8 activations after its encoder break the "
+                "scores. Use INT8_PTQ, which quantises the encoder only, or FP16."
+            )
+            raise ValueError(msg)
+        return super()._compress_ov_model(model, compression_type, *args, **kwargs)
+
+    def _post_training_quantization_ov(self, model: Any, datamodule: AnomalibDataModule | None = None) -> Any:
+        """INT8 post-training quantisation of the encoder only (:attr:`FEATURE_TAP_NAME`), calibrated on validation.
+
+        Raises:
+            ValueError: If no datamodule is given to calibrate on.
+
+        """
+        if not self.FEATURE_TAP_NAME:
+            return super()._post_training_quantization_ov(model, datamodule)
+        import nncf
+
+        from anomalib_dhkd.deployment.quantization import calibration_dataset, encoder_only_scope
+
+        if datamodule is None:
+            msg = "INT8_PTQ export needs a datamodule: its validation images calibrate the quantiser."
+            raise ValueError(msg)
+        scope = encoder_only_scope(model, tap_name=self.FEATURE_TAP_NAME, num_taps=self.feature_tap_count)
+        return nncf.quantize(model, calibration_dataset(model, datamodule), ignored_scope=scope)
+
+    @property
+    def feature_tap_count(self) -> int:
+        """Number of feature taps of the exported model: the torch model's encoder layers."""
+        return len(self.model.encoder.layers)
+
+    def setup(self, stage: str) -> None:
+        """Let DDP tolerate parameters that get no gradient in some epochs (students in the warm-up, frozen teachers).
+
+        Without ``find_unused_parameters``, ``--trainer.strategy ddp`` stops at the first step of the warm-up.
+        """
+        del stage  # The same for every stage.
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and self.teacher_warmup_epochs > 0:
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)  # Lightning has no public setter
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Add a checkpoint of the random generators to anomalib's callbacks, so a resumed run continues exactly."""
+        callbacks = super().configure_callbacks()
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), RandomStateCheckpoint()]
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Train for ``max_epochs`` with gradient-norm clipping at 1 (flow and distillation stability)."""
+        return {
+            "max_epochs": self.max_epochs,
+            "gradient_clip_val": 1.0,
+            "gradient_clip_algorithm": "norm",
+            "num_sanity_val_steps": 0,
+        }
+
+    @property
+    def learning_type(self) -> LearningType:
+        """The family learns from normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,1 @@
+"""Tools: the dataset checker, the offline ImageNet weights, the demo and its synthetic texture dataset."""

@@ -1,0 +1,30 @@
+"""Datasets of the plugin.
+
+:func:`generate_texture_dataset` writes an offline texture dataset with synthetic defects in MVTec AD layout
+(see :mod:`anomalib_dhkd.tools.data.synthetic`). The submodule loads on first attribute access, so importing this
+package stays cheap and never imports torch.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib_dhkd.tools.data import generate_texture_dataset
+    >>> generate_texture_dataset("./datasets/textures", category="brick")
+    >>> datamodule = MVTecAD(root="./datasets/textures", category="brick")
+
+"""
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["DEFECT_TYPES", "TEXTURES", "generate_texture_dataset"]
+
+if TYPE_CHECKING:
+    from anomalib_dhkd.tools.data.synthetic import DEFECT_TYPES, TEXTURES, generate_texture_dataset
+
+
+def __getattr__(name: str) -> Any:
+    """Import :mod:`anomalib_dhkd.tools.data.synthetic` lazily (keeps ``python -m`` free of double-import warnings)."""
+    if name in __all__:
+        from anomalib_dhkd.tools.data import synthetic
+
+        return getattr(synthetic, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

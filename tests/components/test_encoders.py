@@ -1,0 +1,55 @@
+"""Encoders: feature layers defaulted from the backbone, and unknown layers rejected."""
+
+import pytest
+
+from anomalib_dhkd.components.encoders import build_encoder, default_layers, encoder_layer_names, feature_layers
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layers"),
+    [
+        ("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"]),
+        ("resnet18", ["layer1", "layer2", "layer3"]),
+        ("wide_resnet50_2", ["layer1", "layer2", "layer3"]),
+    ],
+)
+def test_default_layers_are_the_deepest_at_strides_4_8_and_16(backbone: str, layers: list[str]) -> None:
+    assert default_layers(backbone) == layers
+    strides = dict(feature_layers(backbone))
+    assert [strides[name] for name in layers] == [4, 8, 16]
+
+
+def test_feature_layers_of_efficientnet_lite0_are_shallowest_first_with_their_strides() -> None:
+    assert feature_layers("tf_efficientnet_lite0") == [
+        ("blocks.0", 2),
+        ("blocks.1", 4),
+        ("blocks.2", 8),
+        ("blocks.4", 16),
+        ("blocks.6", 32),
+    ]
+    assert default_layers("tf_efficientnet_lite0", strides=(8, 32)) == ["blocks.2", "blocks.6"]
+
+
+def test_default_layers_of_a_backbone_without_a_stride_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"'resnet18' has no feature layer at stride\(s\) \[64\]"):
+        default_layers("resnet18", strides=(4, 64))
+
+
+def test_encoder_layer_names_append_extra_layers_once() -> None:
+    assert encoder_layer_names(["blocks.1", "blocks.4"], ["blocks.6", "blocks.4"]) == [
+        "blocks.1",
+        "blocks.4",
+        "blocks.6",
+    ]
+
+
+def test_build_encoder_rejects_an_unknown_layer_naming_the_valid_ones() -> None:
+    valid = r"\['blocks.0', 'blocks.1', 'blocks.2', 'blocks.4', 'blocks.6'\]"
+    with pytest.raises(ValueError, match=rf"no feature layer\(s\) \['blocks.3'\]\. Choose from {valid}"):
+        build_encoder("tf_efficientnet_lite0", ["blocks.1", "blocks.3"], pre_trained=False)
+
+
+def test_build_encoder_orders_layers_by_depth() -> None:
+    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.4", "blocks.1"], pre_trained=False)
+    assert list(encoder.layers) == ["blocks.1", "blocks.4"]
+    assert list(encoder.out_dims) == [24, 112]
