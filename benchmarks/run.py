@@ -1,50 +1,54 @@
-"""Benchmark suite: train and test DHKD and anomalib's peers on the same data, then write tables and figures.
+"""Benchmark suite: the family's models and anomalib's peers on every shared dataset, seeds and tracks; one report.
 
-python -m benchmarks.run [--models dhkd padim ...] [--data ROOT:CATEGORY ...] [--tracks pretrained none]
-                         [--out results/bench] [--quick] [--seed 0] [--image-size 256] [--resume] [--report-only]
-                         [--merge DIR ...]
+python -m benchmarks.run [--models dhkd padim ...] [--datasets bottle magnetic_tile ...] [--tracks pretrained none]
+                         [--seeds 0 1 2] [--budget-minutes 50] [--force] [--report-only] [--quick]
+                         [--data ROOT:CATEGORY ...] [--records DIR] [--out DIR] [--report-dir DIR]
 
-Each (model, dataset, track) trains and tests through anomalib's ``Engine`` in a fresh subprocess
-(:mod:`benchmarks.suite.worker`). Records go to ``OUT/results.jsonl``: a run replaces the record of the same
-(model, dataset, track) and keeps all others; a failed run is recorded with ``"status": "failed"``. ``--resume``
-skips runs already recorded as ok with the same settings, so an interrupted suite goes on where it stopped. A run
-whose settings equal those of a run of the other track (Reverse Distillation, without weights in both) reuses that
-run's record and maps.
-``--merge`` first imports the records and gallery maps of other output folders, by the same rule. The report
-(``results.md``, ``chart_<metric>.png``, ``gallery_<dataset>_<track>.png``) is regenerated from all records.
+Datasets are discovered under ``../shared/data`` (every ``<dataset>/<category>/train/good``); ``--datasets`` keeps
+those whose name contains one of the given words, ``--data`` names other MVTec-layout folders. Each (model
+configuration, dataset, track, seed) trains and tests through anomalib's ``Engine`` in a fresh subprocess
+(:mod:`benchmarks.suite.worker`) and writes one record (:mod:`benchmarks.suite.records`); a failed run is recorded
+as failed. A run whose record is ok with the same settings is skipped (``--force`` runs it again), so the grid is
+filled in chunks: ``--budget-minutes`` starts no new run once that much time has passed. The report
+(``RESULTS.md``, ``figures/chart_<metric>.png``, ``figures/gallery_<dataset>_<track>.png``) is regenerated from all
+records: ``benchmarks/RESULTS.md`` for the full suite, ``OUT/RESULTS.md`` with ``--quick``.
 """
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from anomalib_dhkd.constants import IMAGE_EXTENSIONS
-from benchmarks.suite.report import MAPS_DIR, dataset_name, maps_path, write_report
+from benchmarks.suite.models import SUITE_MODELS
+from benchmarks.suite.records import (
+    RECORDS_DIR,
+    REPO_ROOT,
+    base_record,
+    finished_run,
+    load_records,
+    maps_path,
+    save_record,
+)
+from benchmarks.suite.report import update_readme, write_report
 from benchmarks.suite.settings import (
-    FULL_DATA,
     FULL_IMAGE_SIZE,
-    MEASUREMENTS,
     MODELS,
     QUICK_DATA,
     QUICK_IMAGE_SIZE,
     QUICK_THROUGHPUT_SECONDS,
+    SEEDS,
     THROUGHPUT_SECONDS,
     TRACKS,
-    RunSettings,
+    dataset_name,
+    discover_datasets,
     run_settings,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECORDS_FILE = "results.jsonl"
 ERROR_TAIL_BYTES = 8192
 
 
@@ -52,12 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line and fill in the defaults of full and quick mode."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--data", nargs="+", metavar="ROOT:CATEGORY", help="MVTec-layout datasets")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="shared datasets whose name contains NAME")
+    parser.add_argument("--data", nargs="+", default=[], metavar="ROOT:CATEGORY", help="other MVTec-layout data")
     parser.add_argument("--tracks", nargs="+", choices=TRACKS, help="default: both; --quick: pretrained")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
-    parser.add_argument("--quick", action="store_true", help="64 px, one epoch each, hazelnut toy data")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, help=f"default {' '.join(map(str, SEEDS))}; --quick: 0")
+    parser.add_argument("--quick", action="store_true", help="64 px, one epoch each, hazelnut toy data, seed 0")
     parser.add_argument("--image-size", type=int, help=f"default {FULL_IMAGE_SIZE}; --quick: {QUICK_IMAGE_SIZE}")
+    parser.add_argument("--records", type=Path, help=f"default {RECORDS_DIR.relative_to(REPO_ROOT)}; --quick: OUT")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="gallery maps (and --quick report)")
+    parser.add_argument("--report-dir", type=Path, help="default benchmarks/; --quick: OUT")
     parser.add_argument("--gallery-images", type=int, default=4, help="defect images in each heat-map gallery")
     parser.add_argument(
         "--layers",
@@ -66,22 +73,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODEL=L1,L2",
         help="replace a model's feature layers, e.g. cflow=blocks.2,blocks.4,blocks.6",
     )
-    parser.add_argument("--resume", action="store_true", help="skip runs recorded as ok with the same settings")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the report from results.jsonl")
-    parser.add_argument(
-        "--merge",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="first import the records and gallery maps of these output folders; a later folder's record wins",
-    )
+    parser.add_argument("--force", action="store_true", help="run again even where an ok record has the settings")
+    parser.add_argument("--budget-minutes", type=float, help="start no new run after this many minutes")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of every run, e.g. gpu")
+    parser.add_argument("--report-only", action="store_true", help="regenerate the report from the records")
     args = parser.parse_args(argv)
-    args.data = args.data or list(QUICK_DATA if args.quick else FULL_DATA)
+    args.specs = select_datasets(parser, args)
     args.tracks = args.tracks or (["pretrained"] if args.quick else list(TRACKS))
+    args.seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     args.image_size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else FULL_IMAGE_SIZE)
+    args.records = args.records or (args.out / "records" if args.quick else RECORDS_DIR)
+    args.report_dir = args.report_dir or (args.out if args.quick else REPO_ROOT / "benchmarks")
     args.layers = parse_layers(parser, args.layers)
     return args
+
+
+def select_datasets(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``ROOT:CATEGORY`` specs to run: the discovered shared datasets (filtered by ``--datasets``) and ``--data``."""
+    if args.quick and not args.datasets and not args.data:
+        return list(QUICK_DATA)
+    shared = discover_datasets()
+    if args.datasets:
+        shared = [spec for spec in shared if any(word in dataset_name(spec) for word in args.datasets)]
+        if not shared:
+            parser.error(f"--datasets {' '.join(args.datasets)}: no shared dataset matches")
+    elif args.data:
+        shared = []
+    return [*shared, *args.data]
 
 
 def parse_layers(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -109,41 +127,6 @@ def gallery_images(root: Path, category: str, count: int) -> list[str]:
     for rank in range(count):
         selected += [images[rank] for images in by_type if rank < len(images)]
     return [str(path.resolve()) for path in selected[:count]]
-
-
-def environment() -> dict[str, Any]:
-    """Date, machine and code version of a run."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=REPO_ROOT
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-    ).stdout.strip()
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit + ("+dirty" if dirty else ""),
-        "cpu_count": os.cpu_count(),
-        "torch": version("torch"),
-        "anomalib": version("anomalib"),
-    }
-
-
-def base_record(model: str, dataset: str, track: str, settings: RunSettings) -> dict[str, Any]:
-    """A failed record with empty measurements, completed by :func:`execute`."""
-    return {
-        "model": model,
-        "dataset": dataset,
-        "track": track,
-        "status": "failed",
-        "error": None,
-        **dict.fromkeys(MEASUREMENTS),
-        "settings": settings.to_dict(),
-        "environment": environment(),
-    }
 
 
 def stream_worker(command: list[str]) -> tuple[int, str]:
@@ -176,62 +159,6 @@ def execute(job: dict[str, Any], record: dict[str, Any], maps_file: Path) -> dic
     return {**record, "error": (last_line(stderr_tail) or f"worker exited with status {status}") + signal}
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Records of ``results.jsonl``, or none if it does not exist."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    """The (model, dataset, track) a record is about; ``results.jsonl`` holds one record per key."""
-    return record["model"], record["dataset"], record["track"]
-
-
-def save_record(path: Path, record: dict[str, Any]) -> None:
-    """Replace the record of the same (model, dataset, track) in ``path``, or append it; write atomically."""
-    key = record_key(record)
-    records = load_records(path)
-    keys = [record_key(r) for r in records]
-    if key in keys:
-        records[keys.index(key)] = record
-    else:
-        records.append(record)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
-
-
-def copy_maps(source_maps: Path, out_maps: Path) -> None:
-    """Copy a record's gallery maps to ``out_maps``; a record without maps removes the stale ones there."""
-    if source_maps.is_file():
-        shutil.copyfile(source_maps, out_maps)
-    else:
-        out_maps.unlink(missing_ok=True)
-
-
-def merge_outputs(sources: list[Path], out: Path) -> None:
-    """Import every record of each source's ``results.jsonl`` into ``out`` with its gallery maps, in order.
-
-    A record replaces ``out``'s record of the same (model, dataset, track), as a run does; so does its maps file, and
-    a record without maps removes ``out``'s stale ones. Every source is checked before anything is imported.
-    """
-    loaded = []
-    for source in sources:
-        if source.resolve() == out.resolve():
-            raise SystemExit(f"--merge {source}: that is the --out folder itself")
-        records = load_records(source / RECORDS_FILE)
-        if not records:
-            raise SystemExit(f"--merge {source}: no records in {source / RECORDS_FILE}")
-        loaded.append((source, records))
-    (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
-    for source, records in loaded:
-        for record in records:
-            copy_maps(maps_path(source, *record_key(record)), maps_path(out, *record_key(record)))
-            save_record(out / RECORDS_FILE, record)
-        print(f"merged {len(records)} records from {source}", flush=True)
-
-
 def summary(record: dict[str, Any]) -> str:
     """One-line outcome of a run."""
     if record["status"] != "ok":
@@ -243,52 +170,37 @@ def summary(record: dict[str, Any]) -> str:
     )
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """All (model, data spec, track) runs, dataset by dataset."""
-    return [(model, spec, track) for spec in args.data for track in args.tracks for model in args.models]
-
-
-def identical_run(
-    records: list[dict[str, Any]], model: str, dataset: str, track: str, settings: RunSettings
-) -> dict[str, Any] | None:
-    """A successful record of ``model`` on ``dataset`` with exactly ``settings``: of ``track`` if any, else of another.
-
-    Settings that are the same in both tracks mean the same training: Reverse Distillation trains without weights in
-    both, so its second track reuses the first's record and maps instead of training again (21 min on Magnetic Tile).
-    """
-    wanted = settings.to_dict()
-    matches = [
-        r for r in records if (r["model"], r["dataset"], r["status"], r["settings"]) == (model, dataset, "ok", wanted)
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
+    """All (model, data spec, track, seed) runs, dataset by dataset, skipping tracks a model does not run in."""
+    return [
+        (model, spec, track, seed)
+        for spec in args.specs
+        for track in args.tracks
+        for seed in args.seeds
+        for model in args.models
+        if track in SUITE_MODELS[model].tracks
     ]
-    return next((r for r in matches if r["track"] == track), matches[0] if matches else None)
-
-
-def reuse_run(earlier: dict[str, Any], track: str, out: Path) -> dict[str, Any]:
-    """``earlier``'s record and gallery maps, filed under ``track`` as well."""
-    record = {**earlier, "track": track}
-    copy_maps(maps_path(out, *record_key(earlier)), maps_path(out, *record_key(record)))
-    return record
 
 
 def run_suite(args: argparse.Namespace) -> None:
-    """Run every planned job in turn, saving each record as soon as it is done."""
+    """Run every planned job without an ok record of the same settings, saving each record as soon as it is done."""
     runs = plan(args)
-    (args.out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
-    finished = load_records(args.out / RECORDS_FILE) if args.resume else []
-    for index, (model, spec, track) in enumerate(runs, start=1):
+    start = time.perf_counter()
+    for index, (model, spec, track, seed) in enumerate(runs, start=1):
         root, _, category = spec.rpartition(":")
-        dataset = dataset_name(root, category)
-        settings = run_settings(model, track, args.image_size, args.seed, args.quick, args.layers.get(model))
-        prefix = f"[{index}/{len(runs)}] {model} {dataset} {track}"
-        earlier = identical_run(finished, model, dataset, track, settings)
-        if earlier is not None and earlier["track"] == track:
-            print(f"{prefix}: already done, skipped (--resume)", flush=True)
+        dataset = dataset_name(spec)
+        settings = run_settings(model, track, args.image_size, seed, args.quick, args.layers.get(model))
+        record = base_record(model, dataset, track, settings)
+        prefix = f"[{index}/{len(runs)}] {model} {dataset} {track} seed {seed}"
+        if not args.force and finished_run(args.records, record) is not None:
+            print(f"{prefix}: already done, skipped", flush=True)
             continue
-        if earlier is not None:
-            record = reuse_run(earlier, track, args.out)
-            save_record(args.out / RECORDS_FILE, record)
-            print(f"{prefix}: the same settings as its {earlier['track']} run, record and maps reused", flush=True)
-            continue
+        minutes = (time.perf_counter() - start) / 60
+        if args.budget_minutes is not None and minutes >= args.budget_minutes:
+            print(
+                f"budget of {args.budget_minutes:g} min used ({minutes:.0f} min): stopping before {prefix}", flush=True
+            )
+            return
         job = {
             "model": model,
             "root": root,
@@ -296,27 +208,29 @@ def run_suite(args: argparse.Namespace) -> None:
             "settings": settings.to_dict(),
             "gallery": gallery_images(Path(root), category, args.gallery_images),
             "throughput_seconds": QUICK_THROUGHPUT_SECONDS if args.quick else THROUGHPUT_SECONDS,
+            "accelerator": args.accelerator,
         }
         print(f"{prefix} ({settings.epochs} epochs, {settings.image_size} px) ...", flush=True)
-        start = time.perf_counter()
-        record = execute(job, base_record(model, dataset, track, settings), maps_path(args.out, model, dataset, track))
-        save_record(args.out / RECORDS_FILE, record)
-        finished.append(record)
-        print(f"{prefix} {summary(record)} ({time.perf_counter() - start:.0f} s in all)", flush=True)
+        run_start = time.perf_counter()
+        maps_path(args.out, record).parent.mkdir(parents=True, exist_ok=True)
+        record = execute(job, record, maps_path(args.out, record))
+        save_record(args.records, record)
+        print(f"{prefix} {summary(record)} ({time.perf_counter() - run_start:.0f} s in all)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the suite (unless ``--report-only``) and regenerate the report."""
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    merge_outputs(args.merge, args.out)
     if not args.report_only:
         run_suite(args)
-    records = load_records(args.out / RECORDS_FILE)
+    records = load_records(args.records)
     if not records:
-        raise SystemExit(f"no records in {args.out / RECORDS_FILE}")
-    for path in write_report(records, args.out):
+        raise SystemExit(f"no records in {args.records}")
+    written = write_report(records, args.report_dir, maps_dir=args.out)
+    if args.report_dir.resolve() == (REPO_ROOT / "benchmarks").resolve():
+        written.append(update_readme(REPO_ROOT / "README.md", records))
+    for path in filter(None, written):
         print(f"wrote {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
 

@@ -25,11 +25,14 @@ from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
+from benchmarks.suite.records import base_record, load_records, save_record
 from benchmarks.suite.settings import (
     MEASUREMENTS,
     METRICS,
     MODELS,
     SHARED_DATA,
+    dataset_name,
+    discover_datasets,
     run_settings,
 )
 from tests.conftest import shared_category
@@ -53,9 +56,8 @@ def run_suite(*args: str) -> subprocess.CompletedProcess:
 
 
 def read_records(out: Path) -> dict[str, dict]:
-    """Records of ``results.jsonl`` by model."""
-    lines = (out / "results.jsonl").read_text().splitlines()
-    return {record["model"]: record for record in map(json.loads, lines)}
+    """Records of the quick suite's records folder by model configuration (one dataset, track and seed)."""
+    return {record["model"]: record for record in load_records(out / "records")}
 
 
 def assert_image(path: Path, min_side: int = 200) -> None:
@@ -67,7 +69,7 @@ def assert_image(path: Path, min_side: int = 200) -> None:
 
 @pytest.fixture(scope="module")
 def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """Output folder and stdout of one quick run of all five models (about 3 minutes on 2 cores)."""
+    """Output folder and stdout of one quick run of every model configuration (a few minutes on 2 cores)."""
     shared_category("hazelnut_toy", "hazelnut")
     out = tmp_path_factory.mktemp("bench")
     return out, run_suite("--quick", "--out", str(out)).stdout
@@ -77,11 +79,11 @@ def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
     out, stdout = quick_suite
     records = read_records(out)
-    assert list(records) == list(MODELS)
+    assert list(records) == sorted(MODELS)
     for model, record in records.items():
         assert set(record) == RECORD_FIELDS, model
         assert set(record["settings"]) == SETTINGS_FIELDS
-        assert (record["status"], record["error"]) == ("ok", None)
+        assert (record["status"], record["error"]) == ("ok", None), (model, record["error"])
         assert (record["dataset"], record["track"]) == ("hazelnut_toy/hazelnut", "pretrained")
         assert all(0.0 <= record[key] <= 1.0 for key in METRICS), record
         assert record["images_per_second_batch1"] > 0
@@ -91,24 +93,30 @@ def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
         assert record["params_total"] >= record["params_trainable"] >= 0
         assert record["settings"]["image_size"] == 64
         assert record["settings"]["epochs"] == 1
+        assert record["environment"]["anomalib"].startswith("2.7")
+        path = out / "records" / "pretrained" / "hazelnut_toy-hazelnut" / f"{model}__s0.json"
+        assert json.loads(path.read_text()) == record
     assert records["padim"]["params_trainable"] == 0  # fits statistics, no optimiser
     assert records["dhkd"]["params_trainable"] > 0
     assert records["reverse_distillation"]["settings"]["pre_trained"] is False
-    assert records["cflow"]["settings"]["layers"] == ["blocks.1", "blocks.2", "blocks.4"]
-    assert "[5/5] reverse_distillation hazelnut_toy/hazelnut pretrained" in stdout
+    assert records["padim_b3"]["settings"]["layers"] == ["blocks.1", "blocks.2", "blocks.3"]  # the real blocks.3
+    assert f"[{len(MODELS)}/{len(MODELS)}] " in stdout
 
 
 @pytest.mark.slow
 def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, str]) -> None:
     out, _ = quick_suite
-    table = (out / "results.md").read_text()
-    for model in ("dhkd", "padim", "patchcore", "cflow", "reverse_distillation†"):
-        assert sum(line.startswith(f"| {model} |") for line in table.splitlines()) == 2, model  # summary + detail
-    assert "pre_trained=False" in table
-    assert "CPUs, torch" in table
+    table = (out / "RESULTS.md").read_text()
+    for model in MODELS:
+        rows = [line for line in table.splitlines() if line.split(" | ")[0] in {f"| {model}", f"| {model}†"}]
+        assert len(rows) == 2, model  # the summary and the dataset table
+    assert "| reverse_distillation† |" in table
+    assert "s0: " in table  # per-seed values
+    assert "Every run: 64 px, batch 8 (test batch 32)." in table
+    assert "CPUs (torch" in table
     for chart in CHARTS:
-        assert_image(out / chart)
-    assert_image(out / GALLERY, min_side=400)
+        assert_image(out / "figures" / chart)
+    assert_image(out / "figures" / GALLERY, min_side=400)
     assert len(list((out / "maps").glob("*.pt"))) == len(MODELS)
 
 
@@ -120,56 +128,145 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(quick_suite: tuple[Path, s
         "--quick", "--out", str(out), "--models", "patchcore", "padim", "--layers", "patchcore=blocks.2,blocks.3"
     ).stdout
     records = read_records(out)
-    assert list(records) == list(MODELS)  # re-runs replace their records in place
+    assert list(records) == sorted(MODELS)  # a run replaces its own record only
     failed = records["patchcore"]
     assert failed["status"] == "failed"
-    assert "blocks.3" in failed["error"]
+    assert "blocks.3" in failed["error"]  # timm exposes no blocks.3: the layer check names it
     assert failed["image_AUROC"] is None
     assert failed["settings"]["layers"] == ["blocks.2", "blocks.3"]
-    assert records["padim"]["status"] == "ok"
-    assert records["padim"]["environment"]["date"] >= records["dhkd"]["environment"]["date"]
-    assert "[1/2] patchcore hazelnut_toy/hazelnut pretrained FAILED" in stdout
-    assert "patchcore on hazelnut_toy/hazelnut failed" in (out / "results.md").read_text()
-    assert not (out / "maps" / "patchcore__hazelnut_toy-hazelnut__pretrained.pt").exists()
+    assert "[1/2] patchcore hazelnut_toy/hazelnut pretrained seed 0 FAILED" in stdout
+    assert "[2/2] padim hazelnut_toy/hazelnut pretrained seed 0: already done, skipped" in stdout
+    assert "- patchcore on hazelnut_toy/hazelnut, seed 0: `" in (out / "RESULTS.md").read_text()
+    assert not (out / "maps" / "patchcore__hazelnut_toy-hazelnut__pretrained__s0.pt").exists()
 
 
 @pytest.mark.slow
-def test_resume_skips_finished_runs_and_reruns_changed_settings(quick_suite: tuple[Path, str], tmp_path: Path) -> None:
+def test_finished_runs_are_skipped_and_other_seeds_or_settings_run(
+    quick_suite: tuple[Path, str], tmp_path: Path
+) -> None:
     out = tmp_path / "bench"
     shutil.copytree(quick_suite[0], out)
     before = read_records(out)
-    stdout = run_suite("--quick", "--resume", "--out", str(out), "--models", "dhkd", "padim").stdout
-    assert stdout.count("already done, skipped (--resume)") == 2
+    stdout = run_suite("--quick", "--out", str(out), "--models", "dhkd", "padim").stdout
+    assert stdout.count("already done, skipped") == 2
     assert read_records(out) == before
-    stdout = run_suite("--quick", "--resume", "--out", str(out), "--models", "padim", "--seed", "1").stdout
-    assert "skipped" not in stdout
-    after = read_records(out)
-    assert (after["padim"]["status"], after["padim"]["settings"]["seed"]) == ("ok", 1)
-    assert after["dhkd"] == before["dhkd"]
+    stdout = run_suite("--quick", "--out", str(out), "--models", "padim", "--seeds", "1", "--budget-minutes", "30")
+    assert "already done" not in stdout.stdout
+    seeds = {record["settings"]["seed"] for record in load_records(out / "records") if record["model"] == "padim"}
+    assert seeds == {0, 1}
+    assert "padim | " in (out / "RESULTS.md").read_text()
+    assert " ± " in (out / "RESULTS.md").read_text()  # two seeds of padim: mean ± std
 
 
-@pytest.mark.slow
-def test_identical_settings_in_both_tracks_train_once(tmp_path: Path) -> None:
-    """Reverse Distillation trains without weights in both tracks: one training, its record and maps filed twice."""
+def test_budget_stops_before_a_new_run(tmp_path: Path) -> None:
+    from benchmarks import run
+
     shared_category("hazelnut_toy", "hazelnut")
-    out = tmp_path / "bench"
-    args = ("--quick", "--out", str(out), "--models", "reverse_distillation", "--tracks", "pretrained", "none")
-    stdout = run_suite(*args).stdout
-    assert stdout.count("(1 epochs, 64 px) ...") == 1
-    assert "[2/2] reverse_distillation hazelnut_toy/hazelnut none: the same settings as its pretrained run" in stdout
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["track"] for r in records] == ["pretrained", "none"]
-    assert records[0]["status"] == "ok"
-    assert {**records[0], "track": "none"} == records[1]
-    maps = [
-        torch.load(out / "maps" / f"reverse_distillation__hazelnut_toy-hazelnut__{t}.pt")
-        for t in ("pretrained", "none")
-    ]
-    assert maps[0]["image_paths"] == maps[1]["image_paths"]
-    assert all(torch.equal(a, b) for a, b in zip(maps[0]["anomaly_maps"], maps[1]["anomaly_maps"], strict=True))
-    assert "gallery_hazelnut_toy-hazelnut_none.png" in {path.name for path in out.iterdir()}
-    stdout = run_suite(*args, "--resume").stdout
-    assert stdout.count("already done, skipped (--resume)") == 2
+    with pytest.raises(SystemExit, match="no records"):
+        run.main(["--quick", "--out", str(tmp_path), "--models", "padim", "--budget-minutes", "0"])
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_plan_covers_datasets_tracks_and_seeds_and_skips_tracks_a_model_does_not_run_in() -> None:
+    from benchmarks import run
+
+    args = run.parse_args(["--models", "dhkd", "cflow", "--datasets", "bottle", "--seeds", "0", "1"])
+    if not args.specs:
+        pytest.skip("shared data not found")
+    runs = run.plan(args)
+    assert {(model, track) for model, _, track, _ in runs} == {
+        ("dhkd", "pretrained"),
+        ("dhkd", "none"),
+        ("cflow", "pretrained"),  # CFlow runs with ImageNet weights only
+    }
+    assert len(runs) == 3 * 2
+    assert {spec.rpartition(":")[2] for _, spec, _, _ in runs} == {"bottle"}
+
+
+def test_datasets_are_discovered_from_the_mvtec_layout(tmp_path: Path) -> None:
+    for name in ("set_a/cat_1", "set_a/cat_2", "set_b/only"):
+        (tmp_path / name / "train" / "good").mkdir(parents=True)
+    (tmp_path / "set_b" / "not_a_category" / "test").mkdir(parents=True)
+    specs = discover_datasets(tmp_path)
+    assert [dataset_name(spec) for spec in specs] == ["set_a/cat_1", "set_a/cat_2", "set_b/only"]
+    assert specs[0] == f"{tmp_path / 'set_a'}:cat_1"
+    assert discover_datasets(tmp_path / "missing") == []
+
+
+def synthetic_record(model: str, dataset: str, seed: int, auroc: float, track: str = "pretrained") -> dict:
+    """An ok record of ``model`` with every measurement 1.0 but image AUROC ``auroc``."""
+    settings = run_settings(model, track, image_size=64, seed=seed, quick=True)
+    record = base_record(model, dataset, track, settings)
+    record.update(dict.fromkeys(MEASUREMENTS, 1.0), image_AUROC=auroc, status="ok")
+    return record
+
+
+def test_report_gives_mean_and_std_over_seeds_and_bolds_a_clear_lead_only(tmp_path: Path) -> None:
+    from benchmarks.suite.report import write_report
+
+    records = tmp_path / "records"
+    runs = {"dhkd": [0.95, 0.97, 0.96], "padim": [0.90, 0.91, 0.89], "cflow": [0.80, 0.99, 0.60]}
+    for model, aurocs in runs.items():
+        for seed, auroc in enumerate(aurocs):
+            save_record(records, synthetic_record(model, "toy/cat", seed, auroc))
+            save_record(records, synthetic_record(model, "toy/dog", seed, 1.0 - auroc))
+            save_record(records, synthetic_record(model, "toy/fox", seed, auroc))
+    assert len(list(records.rglob("*.json"))) == 27
+    written = write_report(load_records(records), tmp_path, maps_dir=tmp_path)
+    assert written[0] == tmp_path / "RESULTS.md"
+    table = written[0].read_text()
+    cat = table[table.index("### toy/cat") : table.index("### toy/dog")]
+    assert "| dhkd | **0.960 ± 0.010** |" in cat  # leads padim by 0.06, more than their pooled std 0.01
+    assert "s0: 0.950 / 1.000 / 1.000; s1: 0.970 / 1.000 / 1.000; s2: 0.960 / 1.000 / 1.000" in cat
+    dog = table[table.index("### toy/dog") : table.index("### toy/fox")]
+    assert "| cflow | 0.203 ± 0.195 |" in dog  # leads padim by 0.10, within their pooled std 0.14: not bold
+    # image AUROC ranks on cat, dog, fox: dhkd 1, 3, 1; padim 2, 2, 2; cflow 3, 1, 3 (pixel metrics all tied)
+    assert "| dhkd | 0.653 | 1.000 | 1.000 | 1.67 / 2.00 / 2.00 | 3 |" in table
+    assert "| padim | 0.633 | 1.000 | 1.000 | 2.00 / 2.00 / 2.00 | 3 |" in table
+    assert "| cflow | 0.599 | 1.000 | 1.000 | 2.33 / 2.00 / 2.00 | 3 |" in table
+    for chart in CHARTS:
+        assert_image(tmp_path / "figures" / chart)
+
+
+def test_readme_summary_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
+    from benchmarks.suite.report import README_END, README_START, update_readme
+
+    records = [synthetic_record("padim", "toy/cat", seed, auroc) for seed, auroc in enumerate([0.9, 0.8])]
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n")
+    assert update_readme(readme, records) is None  # no markers: untouched
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
+    assert update_readme(readme, records) == readme
+    text = readme.read_text()
+    assert text.startswith("intro\n")
+    assert text.endswith(f"{README_END}\noutro\n")
+    assert "old table" not in text
+    assert "| padim | 0.850 | 1.000 | 1.000 | 1.00 / 1.00 / 1.00 | 1 |" in text
+    assert "benchmarks/RESULTS.md" in text
+
+
+def test_report_only_without_records_fails(tmp_path: Path) -> None:
+    from benchmarks import run
+
+    with pytest.raises(SystemExit, match="no records"):
+        run.main(["--report-only", "--quick", "--out", str(tmp_path)])
+
+
+@pytest.mark.usefixtures("pretrained_weights")
+def test_fx_backbone_reaches_blocks_3_and_matches_the_timm_layers_bit_for_bit() -> None:
+    from anomalib.models.components import TimmFeatureExtractor
+
+    from benchmarks.suite.backbones import fx_backbone
+
+    timm_path = TimmFeatureExtractor("tf_efficientnet_lite0", layers=["blocks.1", "blocks.4"], pre_trained=True)
+    module = fx_backbone("tf_efficientnet_lite0", pre_trained=True, image_size=96)
+    fx_path = TimmFeatureExtractor(module, layers=["blocks.1", "blocks.3", "blocks.4"], requires_grad=False)
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        expected, actual = timm_path.eval()(images), fx_path.eval()(images)
+    for layer in ("blocks.1", "blocks.4"):
+        assert torch.equal(actual[layer], expected[layer]), layer
+    assert actual["blocks.3"].shape == (2, 80, 6, 6)  # 80 channels at stride 16
 
 
 def test_dhkd_records_state_the_model_defaults() -> None:
@@ -232,109 +329,6 @@ def test_layer_check_accepts_any_order_and_rejects_a_dropped_layer() -> None:
         check_layers(model, ("blocks.2", "blocks.4"))
     with pytest.raises(ValueError, match="extracts layers"):
         check_layers(model, ("blocks.1", "blocks.2", "blocks.4", "blocks.6"))
-
-
-@pytest.mark.slow
-def test_report_only_regenerates_the_outputs(
-    quick_suite: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    from benchmarks import run
-
-    out = tmp_path / "bench"
-    shutil.copytree(quick_suite[0], out)
-    records = (out / "results.jsonl").read_text()
-    for path in [out / "results.md", out / GALLERY, *(out / chart for chart in CHARTS)]:
-        path.unlink()
-    run.main(["--report-only", "--out", str(out)])
-    assert "[1/" not in capsys.readouterr().out  # nothing trained
-    assert (out / "results.jsonl").read_text() == records
-    assert "| dhkd |" in (out / "results.md").read_text()
-    for chart in CHARTS:
-        assert (out / chart).is_file()
-    assert_image(out / GALLERY, min_side=400)
-
-
-def write_suite_output(out: Path, runs: dict[str, float], image: Path, seed: int = 0) -> None:
-    """A suite output folder with one ok record per ``{model: image AUROC}`` and gallery maps of ``image``."""
-    from benchmarks.run import base_record, save_record
-    from benchmarks.suite.report import maps_path
-
-    (out / "maps").mkdir(parents=True)
-    for model, auroc in runs.items():
-        settings = run_settings(model, "pretrained", image_size=64, seed=seed, quick=True)
-        record = base_record(model, "toy/cat", "pretrained", settings)
-        record.update(dict.fromkeys(MEASUREMENTS, 1.0), image_AUROC=auroc, status="ok")
-        save_record(out / "results.jsonl", record)
-        maps = {"image_paths": [str(image)], "anomaly_maps": [torch.rand(64, 64)], "masks": [torch.rand(64, 64) > 0.9]}
-        torch.save(maps, maps_path(out, model, "toy/cat", "pretrained"))
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    """A 64 x 64 noise image for synthetic gallery maps."""
-    path = tmp_path / "defect.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def test_merge_imports_records_and_maps_later_folders_winning(tmp_path: Path, image: Path) -> None:
-    """``--merge A B --report-only`` builds one report from two earlier outputs; B's record of a model replaces A's."""
-    from benchmarks import run
-
-    first, second, merged = tmp_path / "first", tmp_path / "second", tmp_path / "merged"
-    write_suite_output(first, {"dhkd": 0.9, "padim": 0.8}, image)
-    write_suite_output(second, {"padim": 0.7, "cflow": 0.6}, image)
-    (second / "maps" / "cflow__toy-cat__pretrained.pt").unlink()  # a record whose maps are gone
-    write_suite_output(merged, {"cflow": 0.5}, image)  # stale maps of the record the merge replaces
-
-    run.main(["--report-only", "--out", str(merged), "--merge", str(first), str(second)])
-
-    records = read_records(merged)
-    assert {model: record["image_AUROC"] for model, record in records.items()} == {
-        "cflow": 0.6,
-        "dhkd": 0.9,
-        "padim": 0.7,
-    }
-    padim_maps = torch.load(merged / "maps" / "padim__toy-cat__pretrained.pt", weights_only=True)
-    expected = torch.load(second / "maps" / "padim__toy-cat__pretrained.pt", weights_only=True)
-    assert torch.equal(padim_maps["anomaly_maps"][0], expected["anomaly_maps"][0])
-    assert not (merged / "maps" / "cflow__toy-cat__pretrained.pt").exists()
-    assert "| cflow |" in (merged / "results.md").read_text()
-    assert_image(merged / "gallery_toy-cat_pretrained.png", min_side=150)
-    merged_records = (merged / "results.jsonl").read_text()
-    with pytest.raises(SystemExit, match="no records"):  # checked before the first folder is imported again
-        run.main(["--report-only", "--out", str(merged), "--merge", str(first), str(tmp_path / "missing")])
-    assert (merged / "results.jsonl").read_text() == merged_records
-    with pytest.raises(SystemExit, match="the --out folder itself"):
-        run.main(["--report-only", "--out", str(merged), "--merge", str(merged)])
-
-
-def test_report_warns_when_merged_runs_differ_in_seed(tmp_path: Path, image: Path) -> None:
-    """A report of runs with different seeds must not claim one seed; it lists which run used which."""
-    from benchmarks import run
-
-    seed0, seed1, merged = tmp_path / "seed0", tmp_path / "seed1", tmp_path / "merged"
-    write_suite_output(seed0, {"dhkd": 0.9, "padim": 0.8}, image)
-    write_suite_output(seed1, {"padim": 0.7}, image, seed=1)
-
-    run.main(["--report-only", "--out", str(merged), "--merge", str(seed0)])
-    table = (merged / "results.md").read_text()
-    assert "\n64 px, seed 0, batch 8 (test batch 32).\n" in table
-    assert "Not like for like" not in table
-
-    run.main(["--report-only", "--out", str(merged), "--merge", str(seed1)])
-    table = (merged / "results.md").read_text()
-    assert "**Not like for like: these runs differ in image size, seed or batch size.**" in table
-    assert "- 64 px, seed 0, batch 8 (test batch 32): dhkd on toy/cat\n" in table
-    assert "- 64 px, seed 1, batch 8 (test batch 32): padim on toy/cat\n" in table
-    assert "64 px, seed 0, batch 8 (test batch 32)." not in table
-
-
-def test_report_only_without_records_fails(tmp_path: Path) -> None:
-    from benchmarks import run
-
-    with pytest.raises(SystemExit, match="no records"):
-        run.main(["--report-only", "--out", str(tmp_path)])
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(REPO_ROOT / "benchmarks")))

@@ -1,5 +1,14 @@
-"""Report of the benchmark suite, regenerated from all records: Markdown tables, bar charts, heat-map galleries."""
+"""The suite's report, regenerated from all records: ``RESULTS.md``, bar charts with error bars, heat-map galleries.
 
+Every (model configuration, dataset, track) is summarised over its seeds as mean ± sample standard deviation, with
+the per-seed values kept. A cell is marked as ahead (**bold**) only when its mean leads the next configuration's by
+more than the two configurations' pooled standard deviation. The summary ranks configurations per dataset and metric
+and averages the ranks over datasets.
+"""
+
+import math
+import platform
+import statistics
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,19 +22,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.suite.records import environment, maps_path, slug
 from benchmarks.suite.settings import MODELS, TRACKS
 
-MAPS_DIR = "maps"
 TRACK_TITLES = {
     "pretrained": "ImageNet weights (offline tf_efficientnet_lite0)",
     "none": "no pretrained weights (pre_trained=False)",
 }
-# Record field -> (label, decimals), in table and chart order.
+QUALITY = {"image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC", "pixel_AUPRO": "PRO"}
+# Record field -> (label, decimals), in chart order.
 COLUMNS = {
-    "image_AUROC": ("image AUROC", 3),
+    **{key: (label, 3) for key, label in QUALITY.items()},
     "image_F1Score": ("image F1", 3),
-    "pixel_AUROC": ("pixel AUROC", 3),
-    "pixel_AUPRO": ("PRO", 3),
     "train_seconds": ("train s", 0),
     "images_per_second_batch1": ("images/s b=1", 1),
     "images_per_second_batch16": ("images/s b=16", 1),
@@ -33,24 +41,12 @@ COLUMNS = {
 }
 NO_WEIGHTS_MARK = "†"
 NO_WEIGHTS_NOTE = (
-    f"{NO_WEIGHTS_MARK} runs with pre_trained=False in this track too: anomalib's Reverse Distillation decodes "
-    "ResNet encoders only, and no ResNet ImageNet weights are available offline."
+    f"{NO_WEIGHTS_MARK} runs without ImageNet weights in this track too: anomalib's Reverse Distillation decodes "
+    "ResNet encoders only and no ResNet ImageNet weights are available offline; DRAEM has no pretrained encoder."
 )
+FIGURES_DIR = "figures"
 
-
-def dataset_name(root: str | Path, category: str) -> str:
-    """``<root folder>/<category>``, e.g. ``mvtec_ad/bottle``."""
-    return f"{Path(root).name}/{category}"
-
-
-def slug(dataset: str) -> str:
-    """File-name form of a dataset name."""
-    return dataset.replace("/", "-")
-
-
-def maps_path(out: Path, model: str, dataset: str, track: str) -> Path:
-    """Where a run keeps the anomaly maps of its gallery images."""
-    return out / MAPS_DIR / f"{model}__{slug(dataset)}__{track}.pt"
+Group = tuple[str, str, str]  # (model, dataset, track)
 
 
 def ordered(values: Iterable[str], order: tuple[str, ...] = ()) -> list[str]:
@@ -59,10 +55,57 @@ def ordered(values: Iterable[str], order: tuple[str, ...] = ()) -> list[str]:
     return [value for value in order if value in unique] + [value for value in unique if value not in order]
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def model_label(record: dict[str, Any]) -> str:
-    """Model name, marked when it ran without ImageNet weights in the pretrained track."""
+    """Model configuration, marked when it ran without ImageNet weights in the pretrained track."""
     without_weights = record["track"] == "pretrained" and not record["settings"]["pre_trained"]
     return record["model"] + (NO_WEIGHTS_MARK if without_weights else "")
+
+
+def grouped(records: list[dict[str, Any]]) -> dict[Group, list[dict[str, Any]]]:
+    """Successful records by (model, dataset, track), each group sorted by seed."""
+    groups: dict[Group, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: r["settings"]["seed"]):
+        if record["status"] == "ok":
+            groups.setdefault((record["model"], record["dataset"], record["track"]), []).append(record)
+    return groups
+
+
+def values(runs: list[dict[str, Any]], key: str) -> list[float]:
+    """The measured values of ``key`` over ``runs`` (seeds)."""
+    return [run[key] for run in runs if run[key] is not None]
+
+
+def leaders(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str, key: str) -> set[str]:
+    """The configuration whose mean ``key`` leads the next one's by more than their pooled std (none on a tie)."""
+    stats = sorted(
+        (mean_std(values(runs, key)), model)
+        for (model, run_dataset, run_track), runs in groups.items()
+        if (run_dataset, run_track) == (dataset, track) and values(runs, key)
+    )
+    if len(stats) < 2:
+        return set()
+    ((best_mean, best_std), best), ((next_mean, next_std), _) = stats[-1], stats[-2]
+    return {best} if best_mean - next_mean > math.sqrt((best_std**2 + next_std**2) / 2) else set()
+
+
+def ranks(groups: dict[Group, list[dict[str, Any]]], track: str, key: str) -> dict[str, list[float]]:
+    """Per configuration, its rank (1 = best mean ``key``, ties averaged) on each dataset of ``track``."""
+    by_dataset: dict[str, dict[str, float]] = {}
+    for (model, dataset, run_track), runs in groups.items():
+        if run_track == track and values(runs, key):
+            by_dataset.setdefault(dataset, {})[model] = mean_std(values(runs, key))[0]
+    result: dict[str, list[float]] = {}
+    for means in by_dataset.values():
+        for model, mean in means.items():
+            better = sum(other > mean for other in means.values())
+            equal = sum(other == mean for other in means.values())
+            result.setdefault(model, []).append(better + (equal + 1) / 2)
+    return result
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -70,148 +113,200 @@ def number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def mean_cell(runs: list[dict[str, Any]], key: str, digits: int = 3, bold: bool = False) -> str:
+    """``mean ± std`` of ``key`` over the seeds; bold when it leads."""
+    measured = values(runs, key)
+    if not measured:
+        return "-"
+    mean, std = mean_std(measured)
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}" if len(measured) > 1 else f"{mean:.{digits}f}"
+    return f"**{text}**" if bold else text
+
+
 def header_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Title, provenance (dates, commits, machines) and how the numbers were measured."""
+    """Title, stamp (commit, date, machine of this report) and the provenance of the records."""
+    now = environment()
     environments = [record["environment"] for record in records]
     dates = sorted(env["date"][:10] for env in environments)
     commits = ", ".join(ordered(env["commit"] for env in environments))
-    machines = ", ".join(
-        ordered(f"{env['cpu_count']} CPUs, torch {env['torch']}, anomalib {env['anomalib']}" for env in environments)
-    )
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    seeds = sorted({record["settings"]["seed"] for record in records})
     return [
         "# Benchmark results",
         "",
-        f"Generated {generated} from `results.jsonl` ({len(records)} runs). Runs dated {dates[0]} to {dates[-1]}; "
-        f"commit(s) {commits}; machine(s): {machines}.",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d} at commit {now['commit']} on {platform.machine()} with "
+        f"{now['cpu_count']} CPUs (torch {now['torch']}, anomalib {now['anomalib']}) from {len(records)} records "
+        f"(`python -m benchmarks.run --report-only`). Runs dated {dates[0]} to {dates[-1]}, commits {commits}; "
+        f"seeds {', '.join(map(str, seeds))}.",
         "",
-        "The suite trains and tests every model through anomalib's `Engine` with the same data, image size, seed and "
-        "batch size (each track states them, and warns where merged runs differ), scored by the family's evaluator, "
-        "`anomalib_dhkd.models.evaluation.default_evaluator()` (image AUROC and F1, pixel AUROC, PRO = anomalib's "
-        "AUPRO up to FPR 0.3) after anomalib's post-processor has normalised the scores. images/s: torch eager on the "
-        "CPU, 2 threads, full forward (pre- to post-processing), after a warm-up. Peak RSS is that of the run's own "
-        "process.",
+        "Every run trains and tests through anomalib's `Engine` with the same data, image size, seeds and batch size, "
+        "scored by `anomalib_dhkd.models.evaluation.default_evaluator()` (PRO = anomalib's AUPRO up to FPR 0.3) "
+        "after anomalib's post-processor. Cells: mean ± standard deviation over seeds; **bold**: ahead of the next "
+        "configuration by more than their pooled standard deviation. images/s: torch eager, 2 threads, full forward.",
     ]
 
 
-def summary_table(records: list[dict[str, Any]], datasets: list[str]) -> list[str]:
-    """Models x datasets, each cell image AUROC / pixel AUROC / PRO."""
-    lines = [f"| model | {' | '.join(datasets)} |", "|---" * (len(datasets) + 1) + "|"]
-    for model in ordered((r["model"] for r in records), MODELS):
-        cells = []
-        for dataset in datasets:
-            found = [r for r in records if r["model"] == model and r["dataset"] == dataset]
-            record = found[0] if found else None
-            if record is None:
-                cells.append("")
-            elif record["status"] != "ok":
-                cells.append("failed")
-            else:
-                cells.append(" / ".join(number(record[key]) for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")))
-        label = model_label(next(r for r in records if r["model"] == model))
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+def summary_table(groups: dict[Group, list[dict[str, Any]]], track: str) -> list[str]:
+    """Each configuration's quality averaged over the datasets of ``track`` (seed means), and its mean ranks."""
+    per_metric = {key: ranks(groups, track, key) for key in QUALITY}
+    models = ordered((model for model, _, run_track in groups if run_track == track), MODELS)
+    labels = list(QUALITY.values())
+    lines = ["| model | " + " | ".join(labels) + " | mean rank " + " / ".join(labels) + " | datasets |"]
+    lines.append("|---" * (len(QUALITY) + 3) + "|")
+    for model in models:
+        runs_by_dataset = [runs for (m, _, t), runs in groups.items() if (m, t) == (model, track)]
+        means = []
+        for key in QUALITY:
+            dataset_means = [mean_std(values(runs, key))[0] for runs in runs_by_dataset if values(runs, key)]
+            means.append(number(statistics.fmean(dataset_means)) if dataset_means else "-")
+        mean_ranks = [
+            number(statistics.fmean(per_metric[key][model]), 2) if model in per_metric[key] else "-" for key in QUALITY
+        ]
+        lines.append(f"| {model} | {' | '.join(means)} | {' / '.join(mean_ranks)} | {len(runs_by_dataset)} |")
     return lines
 
 
-def detail_row(record: dict[str, Any]) -> str:
-    """One run: every measurement and the settings that differ between models."""
-    settings = record["settings"]
-    values = [number(record[key], digits) for key, (_, digits) in COLUMNS.items()]
-    params = "-"
-    if record["params_total"] is not None:
-        params = f"{record['params_total'] / 1e6:.2f} / {record['params_trainable'] / 1e6:.2f}"
-    cells = [
-        model_label(record),
-        *values,
-        params,
-        str(settings["epochs"]),
-        f"{settings['backbone']} {', '.join(settings['layers'])}",
-        record["status"],
+README_START = "<!-- benchmark summary: generated by python -m benchmarks.run, do not edit -->"
+README_END = "<!-- end of benchmark summary -->"
+
+
+def update_readme(readme: Path, records: list[dict[str, Any]]) -> Path | None:
+    """Replace the summary between the README's markers with the pretrained track's summary; ``None`` if unmarked."""
+    text = readme.read_text() if readme.is_file() else ""
+    if README_START not in text or README_END not in text:
+        return None
+    groups = grouped(records)
+    stamp = f"{environment()['commit']}, {datetime.now(timezone.utc):%Y-%m-%d}"
+    block = [
+        README_START,
+        f"Track `pretrained`, mean over datasets of the mean over seeds ({stamp}; details in "
+        "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
+        "",
+        *summary_table(groups, "pretrained"),
+        README_END,
     ]
-    return f"| {' | '.join(cells)} |"
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    readme.write_text(before + "\n".join(block) + after)
+    return readme
 
 
-def detail_table(records: list[dict[str, Any]]) -> list[str]:
-    """One row per run of a dataset and track."""
-    labels = [label for label, _ in COLUMNS.values()]
-    headers = ["model", *labels, "params M (total / trained)", "epochs", "backbone, layers", "status"]
+def speed_ratio(runs: list[dict[str, Any]], batch_size: int) -> str:
+    """Mean images/s of the model over that of its bare encoder, measured side by side."""
+    ratios = [
+        run[f"images_per_second_batch{batch_size}"] / run[f"encoder_images_per_second_batch{batch_size}"]
+        for run in runs
+        if run.get(f"encoder_images_per_second_batch{batch_size}") and run.get(f"images_per_second_batch{batch_size}")
+    ]
+    return f"{statistics.fmean(ratios):.2f}" if ratios else "-"
+
+
+def dataset_table(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str) -> list[str]:
+    """One row per configuration: quality mean ± std (leaders bold), per-seed values, cost, settings."""
+    headers = [*QUALITY.values(), "seeds: image / pixel / PRO", "train s (per epoch, 100 images)"]
+    headers += ["images/s b=1 / b=16", "x encoder b=1 / b=16", "peak RSS MB"]
+    headers = ["model", *headers, "params M (total / trained)", "epochs", "backbone, layers"]
     lines = [f"| {' | '.join(headers)} |", "|---" * len(headers) + "|"]
-    return lines + [detail_row(r) for r in sorted(records, key=lambda r: MODELS.index(r["model"]))]
+    bold = {key: leaders(groups, dataset, track, key) for key in QUALITY}
+    models = ordered((m for m, d, t in groups if (d, t) == (dataset, track)), MODELS)
+    for model in models:
+        runs = groups[model, dataset, track]
+        first, settings = runs[0], runs[0]["settings"]
+        per_seed = "; ".join(
+            f"s{run['settings']['seed']}: " + " / ".join(number(run[key]) for key in QUALITY) for run in runs
+        )
+        params = "-"
+        if first["params_total"] is not None:
+            params = f"{first['params_total'] / 1e6:.2f} / {first['params_trainable'] / 1e6:.2f}"
+        speed = f"{mean_cell(runs, 'images_per_second_batch1', 1)} / {mean_cell(runs, 'images_per_second_batch16', 1)}"
+        cells = [
+            model_label(first),
+            *(mean_cell(runs, key, bold=model in bold[key]) for key in QUALITY),
+            per_seed,
+            f"{mean_cell(runs, 'train_seconds', 0)} ({mean_cell(runs, 'train_seconds_per_epoch_per_100_images', 1)})",
+            speed,
+            f"{speed_ratio(runs, 1)} / {speed_ratio(runs, 16)}",
+            mean_cell(runs, "peak_rss_mb", 0),
+            params,
+            str(settings["epochs"]),
+            f"{settings['backbone']} {', '.join(settings['layers'])}".strip(),
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines
 
 
 def run_conditions(record: dict[str, Any]) -> str:
-    """Image size, seed and batch sizes of a run, which every run compared in one table must share."""
+    """Image size and batch sizes of a run, which every run compared in one track must share."""
     settings = record["settings"]
-    return (
-        f"{settings['image_size']} px, seed {settings['seed']}, batch {settings['batch_size']} "
-        f"(test batch {settings['eval_batch_size']})"
-    )
+    return f"{settings['image_size']} px, batch {settings['batch_size']} (test batch {settings['eval_batch_size']})"
 
 
 def conditions_lines(records: list[dict[str, Any]]) -> list[str]:
-    """The runs' shared conditions, or a warning listing which runs ran under which (e.g. merged seeds)."""
+    """The runs' shared conditions, or a warning listing which runs ran under which."""
     runs_by_conditions: dict[str, list[str]] = {}
     for record in records:
-        runs_by_conditions.setdefault(run_conditions(record), []).append(f"{record['model']} on {record['dataset']}")
+        run = f"{record['model']} on {record['dataset']} (seed {record['settings']['seed']})"
+        runs_by_conditions.setdefault(run_conditions(record), []).append(run)
     if len(runs_by_conditions) == 1:
-        return [f"{next(iter(runs_by_conditions))}."]
+        return [f"Every run: {next(iter(runs_by_conditions))}."]
     return [
-        "**Not like for like: these runs differ in image size, seed or batch size.**",
+        "**Not like for like: these runs differ in image size or batch size.**",
         "",
         *(f"- {conditions}: {', '.join(runs)}" for conditions, runs in runs_by_conditions.items()),
     ]
 
 
 def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
-    """Summary and per-dataset tables of one track, with its footnotes and errors."""
-    datasets = ordered(r["dataset"] for r in records)
-    lines = ["", f"## Track `{track}`: {TRACK_TITLES.get(track, track)}", ""]
-    lines += ["image AUROC / pixel AUROC / PRO:", "", *summary_table(records, datasets)]
-    for dataset in datasets:
-        lines += ["", f"### {dataset}", "", *detail_table([r for r in records if r["dataset"] == dataset])]
+    """Summary and per-dataset tables of one track, with its footnotes and failures."""
+    groups = grouped(records)
+    lines = ["", f"## Track `{track}`: {TRACK_TITLES.get(track, track)}", "", *summary_table(groups, track)]
+    for dataset in ordered(r["dataset"] for r in records):
+        if any(d == dataset for _, d, _ in groups):
+            lines += ["", f"### {dataset}", "", *dataset_table(groups, dataset, track)]
     lines += ["", *conditions_lines(records)]
     if any(NO_WEIGHTS_MARK in model_label(r) for r in records):
         lines += ["", NO_WEIGHTS_NOTE]
-    lines += [f"- {r['model']} on {r['dataset']} failed: `{r['error']}`" for r in records if r["status"] != "ok"]
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r['model']} on {r['dataset']}, seed {r['settings']['seed']}: `{r['error']}`" for r in failed]
     return lines
 
 
-def write_markdown(records: list[dict[str, Any]], path: Path) -> Path:
-    """``results.md``: a section per track."""
+def write_markdown(records: list[dict[str, Any]], path: Path, figures: list[Path]) -> Path:
+    """``RESULTS.md``: a section per track, then the figures."""
     lines = header_lines(records)
     for track in ordered((r["track"] for r in records), TRACKS):
         lines += track_section(track, [r for r in records if r["track"] == track])
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{figure.stem}]({figure.relative_to(path.parent).as_posix()})" for figure in figures]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def write_chart(records: list[dict[str, Any]], key: str, path: Path) -> Path:
-    """Grouped bar chart of one measurement: a group per dataset and track, a bar per model."""
-    groups = ordered(f"{r['dataset']}\n{r['track']}" for r in records)
-    models = ordered((r["model"] for r in records), MODELS)
+def write_chart(groups: dict[Group, list[dict[str, Any]]], key: str, path: Path) -> Path:
+    """Grouped bar chart of one measurement: a group per dataset and track, a bar per configuration, std as error."""
+    columns = ordered(f"{dataset}\n{track}" for _, dataset, track in groups)
+    models = ordered((model for model, _, _ in groups), MODELS)
     width = 0.8 / len(models)
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.8 * len(groups) + 2), 3.6))
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.9 * len(columns) + 2), 3.8))
     for index, model in enumerate(models):
-        values = {f"{r['dataset']}\n{r['track']}": r[key] for r in records if r["model"] == model}
-        heights = [np.nan if values.get(group) is None else values[group] for group in groups]
-        axis.bar(np.arange(len(groups)) + (index - (len(models) - 1) / 2) * width, heights, width, label=model)
-    axis.set_xticks(np.arange(len(groups)), groups, fontsize=8)
-    axis.set_title(COLUMNS[key][0])
-    axis.legend(fontsize=7, ncols=len(models), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+        stats = {
+            f"{dataset}\n{track}": mean_std(values(runs, key))
+            for (run_model, dataset, track), runs in groups.items()
+            if run_model == model and values(runs, key)
+        }
+        means = [stats[column][0] if column in stats else np.nan for column in columns]
+        errors = [stats[column][1] if column in stats else 0.0 for column in columns]
+        positions = np.arange(len(columns)) + (index - (len(models) - 1) / 2) * width
+        axis.bar(positions, means, width, yerr=errors, capsize=2, label=model)
+    axis.set_xticks(np.arange(len(columns)), columns, fontsize=7)
+    axis.set_title(f"{COLUMNS[key][0]} (mean ± std over seeds)")
+    axis.legend(fontsize=7, ncols=min(len(models), 6), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
-
-
-def load_maps(out: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Gallery maps of the successful runs that kept them, by model."""
-    maps = {}
-    for record in records:
-        path = maps_path(out, record["model"], record["dataset"], record["track"])
-        if record["status"] == "ok" and path.is_file():
-            maps[record["model"]] = torch.load(path, weights_only=True)
-    return maps
 
 
 def normalised_maps(payload: dict[str, Any], image_paths: list[str]) -> dict[str, np.ndarray]:
@@ -226,11 +321,11 @@ def normalised_maps(payload: dict[str, Any], image_paths: list[str]) -> dict[str
 
 
 def write_gallery(maps: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
-    """Rows of defect images: the image, its ground truth, then each model's anomaly map."""
+    """Rows of defect images: the image, its ground truth, then each configuration's anomaly map."""
     models = ordered(maps, MODELS)
     reference = maps[models[0]]
-    image_paths = reference["image_paths"]
-    masks = dict(zip(image_paths, reference["masks"], strict=True))
+    image_paths = [p for p in reference["image_paths"] if Path(p).is_file()]
+    masks = dict(zip(reference["image_paths"], reference["masks"], strict=True))
     normalised = {model: normalised_maps(maps[model], image_paths) for model in models}
     columns = ["image", "ground truth", *models]
     figure, axes = plt.subplots(
@@ -244,7 +339,7 @@ def write_gallery(maps: dict[str, dict[str, Any]], title: str, path: Path) -> Pa
             if image_path in normalised[model]:
                 axis.imshow(normalised[model][image_path], cmap="jet", vmin=0, vmax=1)
     for axis, column in zip(axes[0], columns, strict=True):
-        axis.set_title(column, fontsize=9)
+        axis.set_title(column, fontsize=8)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -255,18 +350,26 @@ def write_gallery(maps: dict[str, dict[str, Any]], title: str, path: Path) -> Pa
     return path
 
 
-def write_report(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write ``results.md``, ``chart_<metric>.png`` and ``gallery_<dataset>_<track>.png``; return their paths."""
-    written = [write_markdown(records, out / "results.md")]
-    successful = [r for r in records if r["status"] == "ok"]
-    if not successful:
-        return written
-    written += [write_chart(successful, key, out / f"chart_{key}.png") for key in COLUMNS]
-    for dataset in ordered(r["dataset"] for r in successful):
-        for track in ordered((r["track"] for r in successful), TRACKS):
-            runs = [r for r in successful if r["dataset"] == dataset and r["track"] == track]
-            maps = load_maps(out, runs)
+def gallery_maps(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str, maps_dir: Path) -> dict:
+    """The gallery maps of each configuration's lowest seed on ``dataset`` in ``track`` that kept them."""
+    maps = {}
+    for (model, run_dataset, run_track), runs in groups.items():
+        path = maps_path(maps_dir, runs[0])
+        if (run_dataset, run_track) == (dataset, track) and path.is_file():
+            maps[model] = torch.load(path, weights_only=True)
+    return maps
+
+
+def write_report(records: list[dict[str, Any]], report_dir: Path, maps_dir: Path) -> list[Path]:
+    """Write ``RESULTS.md`` and its figures (charts, galleries from ``maps_dir``) to ``report_dir``."""
+    figures_dir = report_dir / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    groups = grouped(records)
+    figures = [write_chart(groups, key, figures_dir / f"chart_{key}.png") for key in COLUMNS] if groups else []
+    for dataset in ordered(d for _, d, _ in groups):
+        for track in ordered((t for _, _, t in groups), TRACKS):
+            maps = gallery_maps(groups, dataset, track, maps_dir)
             if maps:
                 title = f"{dataset}, track {track}\nanomaly maps min-max normalised per model over these images"
-                written.append(write_gallery(maps, title, out / f"gallery_{slug(dataset)}_{track}.png"))
-    return written
+                figures.append(write_gallery(maps, title, figures_dir / f"gallery_{slug(dataset)}_{track}.png"))
+    return [write_markdown(records, report_dir / "RESULTS.md", figures), *figures]

@@ -17,16 +17,20 @@ METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO")
 MEASUREMENTS = (
     *METRICS,
     "train_seconds",
+    "train_seconds_per_epoch_per_100_images",
     "images_per_second_batch1",
     "images_per_second_batch16",
+    "encoder_images_per_second_batch1",
+    "encoder_images_per_second_batch16",
     "peak_rss_mb",
+    "device",
     "params_total",
     "params_trainable",
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-FULL_DATA = (f"{SHARED_DATA / 'mvtec_ad'}:bottle", f"{SHARED_DATA / 'magnetic_tile'}:magnetic_tile")
 QUICK_DATA = (f"{SHARED_DATA / 'hazelnut_toy'}:hazelnut",)
+SEEDS = (0, 1, 2)
 FULL_IMAGE_SIZE = 256
 # --quick: all five models run at 64 px (Reverse Distillation's bottleneck then works on 2 x 2 maps).
 QUICK_IMAGE_SIZE = 64
@@ -37,6 +41,20 @@ EVAL_BATCH_SIZE = 32
 # Seconds of timed inference per batch size (at least 3 calls, after one warm-up call; the median call counts).
 THROUGHPUT_SECONDS = 3.0
 QUICK_THROUGHPUT_SECONDS = 1.0
+
+
+def discover_datasets(root: Path = SHARED_DATA) -> list[str]:
+    """``ROOT:CATEGORY`` of every MVTec-layout category under ``root`` (``<dataset>/<category>/train/good``), sorted."""
+    if not root.is_dir():
+        return []
+    categories = sorted(path.parent.parent for path in root.glob("*/*/train/good") if path.is_dir())
+    return [f"{category.parent}:{category.name}" for category in categories]
+
+
+def dataset_name(spec: str) -> str:
+    """``<dataset folder>/<category>`` of a ``ROOT:CATEGORY`` spec, e.g. ``mvtec_ad/bottle``."""
+    root, _, category = spec.rpartition(":")
+    return f"{Path(root).name}/{category}"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 
 from anomalib_dhkd.models import OFFLINE_BACKBONE
 from anomalib_dhkd.tools.weights import install_efficientnet_lite0
-from benchmarks.measure import median_seconds, peak_rss_mb
+from benchmarks.measure import interleaved_images_per_second, peak_rss_mb
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.settings import METRICS, RunSettings
 
@@ -41,12 +41,13 @@ def build_model(name: str, settings: RunSettings) -> AnomalibModule:
 
 
 def check_layers(model: AnomalibModule, layers: tuple[str, ...]) -> None:
-    """Raise unless the model has one feature extractor and it extracts exactly ``layers``, in any order.
+    """Raise unless every feature extractor of the model extracts exactly ``layers``, in any order.
 
-    anomalib's ``TimmFeatureExtractor`` drops layer names the backbone does not have, with only a warning.
+    anomalib's ``TimmFeatureExtractor`` drops layer names the backbone does not have, with only a warning. A model
+    without a feature extractor (DRAEM) must be asked for no layers.
     """
     extracted = [list(module.layers) for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
-    if len(extracted) != 1 or sorted(extracted[0]) != sorted(layers):
+    if sorted(map(sorted, extracted)) != [sorted(layers)] * len(extracted) or bool(extracted) != bool(layers):
         msg = f"{type(model).__name__} extracts layers {extracted}, requested {list(layers)}"
         raise ValueError(msg)
 
@@ -57,12 +58,37 @@ def optimised_parameters(optimizers: list[Optimizer]) -> int:
     return sum(p.numel() for p in parameters.values())
 
 
-def images_per_second(model: AnomalibModule, image_size: int, batch_size: int, min_seconds: float = 3.0) -> float:
-    """Torch eager throughput of the full forward (pre-processing to post-processing) on random images."""
-    images = torch.rand(batch_size, 3, image_size, image_size)
+def throughput(model: AnomalibModule, image_size: int, seconds: float) -> dict[str, float | None]:
+    """Images/s of the full forward (pre- to post-processing) at batch 1 and 16, beside the bare encoder's.
+
+    The encoder is the model's (first) feature extractor on the same layers, the floor of any model on it; the two
+    are timed in interleaved rounds on the same random images, medians. ``None`` for a model without an encoder.
+    """
+    encoders = [module for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
+    device = next(model.parameters()).device
     model.eval()
+    result: dict[str, float | None] = {}
     with torch.inference_mode():
-        return batch_size / median_seconds(lambda: model(images), min_seconds)
+        for batch_size in (1, 16):
+            images = torch.rand(batch_size, 3, image_size, image_size, device=device)
+            calls = {"model": lambda images=images: model(images)}
+            if encoders:
+                calls["encoder"] = lambda images=images: encoders[0](images)
+            speeds = interleaved_images_per_second(calls, batch_size, seconds)
+            result[f"images_per_second_batch{batch_size}"] = round(speeds["model"], 2)
+            encoder_speed = speeds.get("encoder")
+            result[f"encoder_images_per_second_batch{batch_size}"] = (
+                None if encoder_speed is None else round(encoder_speed, 2)
+            )
+    return result
+
+
+def device_name(model: AnomalibModule) -> str:
+    """The accelerator the model ran on, e.g. ``cpu (16 threads)`` or the GPU's name."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
 class GalleryMaps(Callback):
@@ -118,6 +144,8 @@ def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryM
             callbacks=[gallery],
             max_epochs=settings.epochs,
             check_val_every_n_epoch=settings.epochs,
+            accelerator=job.get("accelerator", "cpu"),
+            devices=1,
         )
         start = time.perf_counter()
         engine.fit(model=model, datamodule=datamodule)
@@ -127,14 +155,15 @@ def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryM
             raise RuntimeError(msg)
         metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
         trainable = optimised_parameters(engine.trainer.optimizers)
-    seconds = job["throughput_seconds"]
+    train_images = len(datamodule.train_data)
     return {
         **{name: round(float(metrics[name]), 4) for name in METRICS},
         "train_seconds": round(train_seconds, 1),
-        "images_per_second_batch1": round(images_per_second(model, settings.image_size, 1, seconds), 2),
-        "images_per_second_batch16": round(images_per_second(model, settings.image_size, 16, seconds), 2),
+        "train_seconds_per_epoch_per_100_images": round(100 * train_seconds / settings.epochs / train_images, 2),
+        **throughput(model, settings.image_size, job["throughput_seconds"]),
         "params_total": sum(p.numel() for p in model.parameters()),
         "params_trainable": trainable,
+        "device": device_name(model),
     }
 
 
