@@ -1,4 +1,4 @@
-"""Start-up hook that registers the plugin's models with anomalib.
+"""Start-up hook that registers the plugin's models with anomalib and fixes the seeding of its CLI.
 
 ``anomalib_dhkd_autoload.pth`` (installed next to the package) imports this module at interpreter start. It imports
 nothing heavy: it only installs a meta-path finder that waits for ``anomalib.models``. Once that module has
@@ -9,6 +9,9 @@ executed, :func:`anomalib_dhkd.models.register` adds ``Dhkd`` to it, so that
 * ``anomalib benchmark`` (looks names up in ``anomalib.models``)
 
 all find the model without the user importing the plugin. Set ``ANOMALIB_DHKD_AUTOLOAD=0`` to switch it off.
+
+When ``anomalib.cli.cli`` has executed, :func:`anomalib_dhkd.cli_patches.seed_before_instantiation` makes its
+``--seed_everything`` take effect (anomalib 2.7 declares the option but never applies it).
 
 ``anomalib_dhkd.models`` registers itself at the end of its own import. When ``anomalib.models`` is first imported
 *by* a plugin module that is still initialising, the hook leaves registration to that import instead of starting
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 _TARGET = "anomalib.models"
+_CLI = "anomalib.cli.cli"
 _PLUGIN_MODELS = "anomalib_dhkd.models"
 
 
@@ -41,11 +45,19 @@ def _import_plugin_models() -> None:
         importlib.import_module(_PLUGIN_MODELS)
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """Run the real loader of ``anomalib.models``, then register the plugin's models."""
+def _patch_cli(module: ModuleType) -> None:
+    """Apply the plugin's fix to anomalib's CLI module."""
+    from anomalib_dhkd.cli_patches import seed_before_instantiation
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    seed_before_instantiation(module)
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Run the real loader of ``anomalib.models`` (or ``anomalib.cli.cli``), then register the models (or patch)."""
+
+    def __init__(self, loader: importlib.abc.Loader, fullname: str = _TARGET) -> None:
         self._loader = loader
+        self._fullname = fullname
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._loader, name)
@@ -55,11 +67,17 @@ class _RegisteringLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        _import_plugin_models()
+        if self._fullname == _CLI:
+            _patch_cli(module)
+        else:
+            _import_plugin_models()
 
 
 class _AnomalibModelsFinder(importlib.abc.MetaPathFinder):
-    """Find ``anomalib.models`` with the regular path finder and wrap its loader."""
+    """Find ``anomalib.models`` and ``anomalib.cli.cli`` with the regular path finder and wrap their loaders."""
+
+    def __init__(self) -> None:
+        self._waiting = {_TARGET, _CLI}
 
     def find_spec(
         self,
@@ -67,12 +85,14 @@ class _AnomalibModelsFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != _TARGET:
+        if fullname not in self._waiting:
             return None
-        sys.meta_path.remove(self)
+        self._waiting.discard(fullname)
+        if not self._waiting:
+            sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _RegisteringLoader(spec.loader)
+            spec.loader = _RegisteringLoader(spec.loader, fullname)
         return spec
 
 
@@ -80,10 +100,17 @@ def install() -> None:
     """Install the finder unless disabled, or register right away if ``anomalib.models`` is already imported."""
     if os.environ.get("ANOMALIB_DHKD_AUTOLOAD", "1") == "0":
         return
-    if _TARGET in sys.modules:
+    if _TARGET in sys.modules and _CLI in sys.modules:
         _import_plugin_models()
+        _patch_cli(sys.modules[_CLI])
     elif not any(isinstance(finder, _AnomalibModelsFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AnomalibModelsFinder())
+        finder = _AnomalibModelsFinder()
+        for name, apply in ((_TARGET, lambda _module: _import_plugin_models()), (_CLI, _patch_cli)):
+            if name in sys.modules:
+                finder._waiting.discard(name)
+                apply(sys.modules[name])
+        if finder._waiting:
+            sys.meta_path.insert(0, finder)
 
 
 install()

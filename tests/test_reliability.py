@@ -81,3 +81,27 @@ def test_cli_trains_under_cpu_ddp(texture_root: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "image_AUROC" in result.stdout + result.stderr
     assert list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def cli_train(config: Path, texture_root: Path, root: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Train with `anomalib train --config CONFIG` (seed 0); the checkpoint's state dict and the printed metrics."""
+    command = [anomalib_cli(), "train", "--config", str(config), "--seed_everything", "0"]
+    command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(texture_root), "--data.category", "brick"]
+    command += ["--data.num_workers", "0", "--default_root_dir", str(root)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = root.rglob("*.ckpt")
+    metrics = [line for line in (result.stdout + result.stderr).splitlines() if "AUROC" in line or "AUPRO" in line]
+    return torch.load(checkpoint, weights_only=True)["state_dict"], "\n".join(metrics)
+
+
+def test_two_seeded_cli_runs_train_identical_models(texture_root: Path, tmp_path: Path) -> None:
+    """anomalib 2.7's CLI declares --seed_everything but never seeds; the plugin makes it seed before building."""
+    config = write_tiny_config(tmp_path / "dhkd.yaml")
+    first_weights, first_metrics = cli_train(config, texture_root, tmp_path / "a")
+    second_weights, second_metrics = cli_train(config, texture_root, tmp_path / "b")
+    assert first_weights.keys() == second_weights.keys()
+    different = [name for name in first_weights if not torch.equal(first_weights[name], second_weights[name])]
+    assert different == []
+    assert "image_AUROC" in first_metrics
+    assert first_metrics == second_metrics

@@ -64,6 +64,20 @@ def check_finite_images(batch: Batch) -> None:
     raise ValueError(msg)
 
 
+def resolve_schedule(
+    max_epochs: int, teacher_warmup_epochs: int | None, freeze_teacher: bool | None
+) -> tuple[int, bool]:
+    """Decide a schedule that follows the budget: warm-up ``min(2, max_epochs // 2)``, frozen teacher if warmed up.
+
+    Example:
+        >>> resolve_schedule(10, None, None), resolve_schedule(2, None, None), resolve_schedule(1, None, None)
+        ((2, True), (1, True), (0, False))
+
+    """
+    warmup = min(2, max_epochs // 2) if teacher_warmup_epochs is None else teacher_warmup_epochs
+    return warmup, warmup > 0 if freeze_teacher is None else freeze_teacher
+
+
 def check_schedule(teacher_warmup_epochs: int, max_epochs: int, freeze_teacher: bool) -> None:
     """Raise ``ValueError`` for a warm-up outside ``[0, max_epochs)`` or a frozen teacher that never trains."""
     if not 0 <= teacher_warmup_epochs < max_epochs:
@@ -87,8 +101,10 @@ class KnowledgeDistillationModule:
     Args:
         backbone: timm backbone whose pretrained mean and standard deviation the default pre-processor uses.
         max_epochs: Training epochs, teacher warm-up included.
-        teacher_warmup_epochs: Epochs during which only the teacher trains; ``0`` for a fixed teacher.
-        freeze_teacher: After the warm-up train the student alone (needs a warm-up); ``False``: both, jointly.
+        teacher_warmup_epochs: Epochs during which only the teacher trains; ``0`` for a fixed teacher; ``None``:
+            ``min(2, max_epochs // 2)``, so that a short budget still trains the student.
+        freeze_teacher: After the warm-up train the student alone (needs a warm-up); ``False``: both, jointly;
+            ``None``: frozen when there is a warm-up.
         pre_processor: Pre-processor, or ``True`` for the default: resize to 256 px, normalise with the backbone's
             statistics.
         post_processor: Post-processor instance or flag to use the default.
@@ -108,13 +124,14 @@ class KnowledgeDistillationModule:
         self,
         backbone: str,
         max_epochs: int,
-        teacher_warmup_epochs: int = 0,
-        freeze_teacher: bool = False,
+        teacher_warmup_epochs: int | None = 0,
+        freeze_teacher: bool | None = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        teacher_warmup_epochs, freeze_teacher = resolve_schedule(max_epochs, teacher_warmup_epochs, freeze_teacher)
         check_schedule(teacher_warmup_epochs, max_epochs, freeze_teacher)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(backbone=backbone)

@@ -67,8 +67,10 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
             latent statistics, discrepancy coherence; ``None`` values are decided by encoder in
             :func:`~anomalib_dhkd.models.dhkd.config.resolve`). Defaults to ``ScoringConfig()``.
         learning_rate: Adam learning rate. Defaults to ``1e-3``.
-        teacher_warmup_epochs: Epochs during which only the teacher trains. Defaults to ``2``.
-        freeze_teacher: Train only the student after the warm-up; ``False``: both, jointly. Defaults to ``True``.
+        teacher_warmup_epochs: Epochs during which only the teacher trains; ``None``: ``min(2, max_epochs // 2)``
+            (2 of the default 10). Defaults to ``None``.
+        freeze_teacher: Train only the student after the warm-up; ``False``: both, jointly; ``None``: frozen when
+            there is a warm-up. Defaults to ``None``.
         max_epochs: Training epochs, teacher warm-up included. Defaults to ``10``.
         pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
         post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
@@ -89,8 +91,8 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
         loss: DhkdLossWeights = DhkdLossWeights(),  # noqa: B008
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
         learning_rate: float = 1e-3,
-        teacher_warmup_epochs: int = 2,
-        freeze_teacher: bool = True,
+        teacher_warmup_epochs: int | None = None,
+        freeze_teacher: bool | None = None,
         max_epochs: int = 10,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,

@@ -14,10 +14,20 @@ def test_invalid_schedule_is_rejected() -> None:
     with pytest.raises(ValueError, match="teacher_warmup_epochs"):
         Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=5, max_epochs=5)
     with pytest.raises(ValueError, match="freeze_teacher=True needs teacher_warmup_epochs >= 1"):
-        Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=0)
+        Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=0, freeze_teacher=True)
     joint = Dhkd(**TINY_BACKBONE, pre_trained=False, teacher_warmup_epochs=0, freeze_teacher=False)
     assert joint.training_teacher
     assert joint.training_student
+
+
+@pytest.mark.parametrize(("max_epochs", "warmup", "frozen"), [(10, 2, True), (3, 1, True), (2, 1, True), (1, 0, False)])
+def test_the_default_schedule_follows_the_budget(max_epochs: int, warmup: int, frozen: bool) -> None:
+    """`--model.max_epochs 2` alone works: the warm-up shrinks with the budget, and no warm-up trains jointly."""
+    model = Dhkd(**TINY_BACKBONE, pre_trained=False, max_epochs=max_epochs)
+    assert (model.teacher_warmup_epochs, model.freeze_teacher) == (warmup, frozen)
+    assert model.trainer_arguments["max_epochs"] == max_epochs
+    explicit = Dhkd(**TINY_BACKBONE, pre_trained=False, max_epochs=10, teacher_warmup_epochs=4, freeze_teacher=False)
+    assert (explicit.teacher_warmup_epochs, explicit.freeze_teacher) == (4, False)
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
