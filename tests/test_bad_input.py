@@ -1,6 +1,7 @@
 """Bad input reaching the model: non-finite pixels are stopped with the image paths; constant images stay finite."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,21 @@ def test_constant_black_images_give_finite_anomaly_maps(model: Dhkd) -> None:
             output = model.model(images)
             assert torch.isfinite(output.anomaly_map).all()
             assert torch.isfinite(output.pred_score).all()
+
+
+def test_another_models_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
+    """Loading a PaDiM checkpoint as Dhkd says it is PaDiM's instead of listing hundreds of missing keys."""
+    from anomalib.models import Padim
+
+    padim = Padim(backbone=BACKBONE, layers=["blocks.1", "blocks.2"], pre_trained=False, n_features=20)
+    checkpoint = {"state_dict": padim.state_dict(), "hyper_parameters": dict(padim.hparams)}
+    path = tmp_path / "padim.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"padim\.ckpt is not a Dhkd checkpoint: .* are those of Padim") as error:
+        Dhkd.load_from_checkpoint(path)
+    assert "\n" not in str(error.value)
+    dhkd = Dhkd(backbone=BACKBONE, layers=["blocks.1", "blocks.2"], pre_trained=False)
+    with pytest.raises(ValueError, match="not a Dhkd checkpoint"):
+        dhkd.on_load_checkpoint(checkpoint)  # the path of `anomalib test --model Dhkd --ckpt_path padim.ckpt`
+    own = {"hyper_parameters": dict(dhkd.hparams)}
+    dhkd.on_load_checkpoint(own)  # its own checkpoint passes

@@ -66,6 +66,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(texture_root: Path,
     torch.testing.assert_close(predictions(resumed_model), uninterrupted, rtol=0, atol=1e-6)
     assert set(resumed_model.test_metrics) >= {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"}
     assert resumed_model.test_metrics == pytest.approx(full_model.test_metrics, abs=1e-6)
+    # anomalib's Engine.train hands the checkpoint it resumed from to test as well; the finished model is tested
+    seed_everything(0, workers=True)
+    model = tiny_dhkd(max_epochs=3)
+    data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path / "train", logger=False, enable_progress_bar=False)
+    train_metrics = engine.train(model=model, datamodule=data, ckpt_path=checkpoint)[0]
+    assert train_metrics == pytest.approx(full_model.test_metrics, abs=1e-6)
+    torch.testing.assert_close(predictions(model.eval()), uninterrupted, rtol=0, atol=1e-6)
     different_start = predictions(fit(tmp_path / "short", texture_root, max_epochs=2))
     assert not torch.allclose(different_start, uninterrupted, atol=1e-4)  # the comparison can tell runs apart
 

@@ -19,10 +19,14 @@ implements :meth:`~KnowledgeDistillationModule.training_losses` and ``configure_
   upstream of the torch model's feature taps are quantised, everything after them stays FP32.
 """
 
+import copy
 import dataclasses
+import inspect
 import logging
 import math
+import pickle
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -32,6 +36,7 @@ from anomalib.deploy import CompressionType
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
@@ -93,6 +98,37 @@ def as_settings(settings_class: type[T], value: T | Mapping[str, Any]) -> T:
     return settings_class(**value) if isinstance(value, Mapping) else value
 
 
+def constructor_settings(hyper_parameters: Mapping[str, Any]) -> set[str]:
+    """Names of saved hyper-parameters that are constructor arguments (not Lightning's ``_class_path`` and the like)."""
+    return {name for name in hyper_parameters if not name.startswith("_")}
+
+
+def checkpoint_models(hyper_parameters: Mapping[str, Any]) -> list[str]:
+    """Names of the anomalib models whose constructors take every saved hyper-parameter, fewest arguments first."""
+    from anomalib.models.components import AnomalibModule
+
+    fitting = []
+    for model_class in AnomalibModule.__subclasses__():
+        parameters = set(inspect.signature(model_class).parameters)
+        if constructor_settings(hyper_parameters) <= parameters:
+            fitting.append((len(parameters), model_class.__name__))
+    return [name for _, name in sorted(fitting)]
+
+
+def foreign_checkpoint_message(model_class: type, hyper_parameters: Mapping[str, Any], path: str = "") -> str | None:
+    """Say in one line that a checkpoint is not ``model_class``'s, naming the likely model; ``None`` if it is."""
+    if model_class.recognises(hyper_parameters):
+        return None
+    candidates = checkpoint_models(hyper_parameters) or ["another model"]
+    settings = ", ".join(sorted(constructor_settings(hyper_parameters)))
+    where = f" {path}" if path else ""
+    return (
+        f"The checkpoint{where} is not a {model_class.__name__} checkpoint: its settings ({settings}) are those of "
+        f"{' or '.join(candidates[:3])}. Load it with that model, e.g. `anomalib test --model {candidates[0]} "
+        "--ckpt_path ...`."
+    )
+
+
 class KnowledgeDistillationModule:
     """What every model of the family shares: guards, schedule, statistics, trainer arguments, INT8 export.
 
@@ -150,6 +186,73 @@ class KnowledgeDistillationModule:
         self.teacher_warmup_epochs = teacher_warmup_epochs
         self.freeze_teacher = freeze_teacher
         self._statistics_step: int | None = None  # global step at which the normal-image statistics were fitted
+
+    @classmethod
+    def recognises(cls, hyper_parameters: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint's hyper-parameters can be this model's (every one is a constructor argument)."""
+        return constructor_settings(hyper_parameters) <= set(inspect.signature(cls).parameters)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Load a checkpoint, or say in one line which model it belongs to if it is another model's.
+
+        Raises:
+            ValueError: If the checkpoint holds another model.
+
+        """
+        try:
+            with anomalib_safe_globals(extra=cls.checkpoint_safe_globals()):
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # types anomalib does not allow: Lightning's own load reports them
+            checkpoint = {}
+        message = foreign_checkpoint_message(cls, checkpoint.get("hyper_parameters", {}), str(checkpoint_path))
+        if message:
+            raise ValueError(message)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_fit_start(self) -> None:
+        """Remember the checkpoint a fit resumes from (see :meth:`on_load_checkpoint`)."""
+        super().on_fit_start()
+        self._resumed_from = self.trainer.ckpt_path
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another model's checkpoint in one line; test the finished model, not the one a fit resumed from.
+
+        anomalib 2.7's ``Engine.train(ckpt_path=...)`` (and ``anomalib train --ckpt_path``) hands the checkpoint it
+        resumed from to ``test`` as well, which would report the metrics of that older model. When a test loads the
+        very checkpoint this process's fit resumed from, the finished weights are kept, with a warning.
+
+        Raises:
+            ValueError: If the checkpoint holds another model.
+
+        """
+        message = foreign_checkpoint_message(type(self), checkpoint.get("hyper_parameters", {}))
+        if message:
+            raise ValueError(message)
+        if self._tests_a_checkpoint_it_resumed_from(checkpoint):
+            logger.warning(
+                "Testing the model this run finished (step %d), not the checkpoint it resumed from (step %d), "
+                "which anomalib's Engine.train passes to test.",
+                self.global_step,
+                checkpoint.get("global_step", 0),
+            )
+            checkpoint["state_dict"] = {name: value.clone() for name, value in self.state_dict().items()}
+            saved_callbacks = checkpoint.get("callbacks", {})
+            for callback in self.trainer.callbacks:  # the post-processor's fitted thresholds live here too
+                if callback.state_key in saved_callbacks:
+                    saved_callbacks[callback.state_key] = copy.deepcopy(callback.state_dict())
+        super().on_load_checkpoint(checkpoint)
+
+    def _tests_a_checkpoint_it_resumed_from(self, checkpoint: dict[str, Any]) -> bool:
+        """Whether a test is loading the (older) checkpoint this process's fit resumed from."""
+        resumed_from = getattr(self, "_resumed_from", None)
+        return (
+            self._trainer is not None
+            and resumed_from is not None
+            and self.trainer.state.fn == TrainerFn.TESTING
+            and self.trainer.ckpt_path == resumed_from
+            and checkpoint.get("global_step", 0) < self.global_step
+        )
 
     @classmethod
     def configure_pre_processor(

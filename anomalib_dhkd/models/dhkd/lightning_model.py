@@ -131,11 +131,17 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
         self.model = DhkdModel(backbone, layers, pre_trained, teacher, student, scoring)
         self.loss = DhkdLoss(**asdict(as_settings(DhkdLossWeights, loss)))
 
+    @classmethod
+    def recognises(cls, hyper_parameters: Mapping[str, Any]) -> bool:
+        """DHKD's hyper-parameters, grouped or in the former flat form."""
+        grouped = grouped_arguments(hyper_parameters)
+        return super().recognises(hyper_parameters if grouped is None else grouped)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the network from a checkpoint saved with the former flat arguments, before its weights load."""
         hyper_parameters = checkpoint.get("hyper_parameters", {})
         grouped = grouped_arguments(hyper_parameters)
-        if grouped is not None:
+        if grouped is not None and self.recognises(hyper_parameters):
             logger.info("Checkpoint with DHKD's former flat arguments: the network is rebuilt from them.")
             defaults = {name: p.default for name, p in inspect.signature(Dhkd).parameters.items()}
             network = {name: grouped.get(name, defaults[name]) for name in NETWORK_ARGUMENTS}
