@@ -99,3 +99,39 @@ def test_another_models_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
         dhkd.on_load_checkpoint(checkpoint)  # the path of `anomalib test --model Dhkd --ckpt_path padim.ckpt`
     own = {"hyper_parameters": dict(dhkd.hparams)}
     dhkd.on_load_checkpoint(own)  # its own checkpoint passes
+
+
+def copies_of_one_image(root: Path, source: Path, count: int) -> Path:
+    """An MVTec-layout category whose training images are ``count`` copies of one real image."""
+    from PIL import Image
+
+    image = Image.open(source).convert("RGB").resize((64, 64))
+    category = root / "copies"
+    for folder in ("train/good", "test/good", "test/defect", "ground_truth/defect"):
+        (category / folder).mkdir(parents=True)
+    for index in range(count):
+        image.save(category / "train" / "good" / f"{index:03d}.png")
+    image.save(category / "test" / "good" / "000.png")
+    image.rotate(90).save(category / "test" / "defect" / "000.png")
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(category / "ground_truth" / "defect" / "000_mask.png")
+    return root
+
+
+@pytest.mark.slow
+def test_training_on_copies_of_one_image_stops_with_the_cause_and_the_checker_reports_them(tmp_path: Path) -> None:
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    from anomalib_dhkd.tools.check import check_dataset
+    from tests.conftest import shared_category, tiny_dhkd
+
+    bottle = shared_category("mvtec_ad", "bottle") / "bottle" / "train" / "good" / "000.png"
+    root = copies_of_one_image(tmp_path / "data", bottle, count=8)
+    report = check_dataset(root, category="copies")
+    assert any("8 images are identical or near-identical" in str(problem) for problem in report.problems)
+    data = MVTecAD(root=root, category="copies", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path / "run", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"training images hardly vary .*python -m anomalib_dhkd\.check"):
+        engine.fit(model=tiny_dhkd(max_epochs=2), datamodule=data)

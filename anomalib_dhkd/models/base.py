@@ -332,7 +332,29 @@ class KnowledgeDistillationModule:
                 lambda: self._training_images(self.trainer.train_dataloader),
                 sum_across_processes=lambda t: strategy.reduce(t, reduce_op="sum"),
             )
+        self._check_finite_scores(next(iter(self._training_images(self.trainer.train_dataloader))))
         self._statistics_step = self.global_step
+
+    def _check_finite_scores(self, images: torch.Tensor) -> None:
+        """Stop with the cause and the fix if the fitted model scores normal training images as NaN or infinite.
+
+        Raises:
+            ValueError: If a score or map value of ``images`` is not finite.
+
+        """
+        was_training = self.model.training
+        with torch.no_grad():
+            outputs = self.model.eval()(images)
+        self.model.train(was_training)
+        if all(bool(torch.isfinite(value).all()) for value in (outputs.pred_score, outputs.anomaly_map)):
+            return
+        msg = (
+            f"{type(self).__name__} scores its own training images as NaN or infinite after fitting the statistics of "
+            "normal images: the training images hardly vary (copies of one image, or constant frames), so those "
+            "statistics have no spread. Fix: train on many different normal images; `python -m anomalib_dhkd.check "
+            "ROOT` reports copies and constant images."
+        )
+        raise ValueError(msg)
 
     def _training_images(self, loader: Any) -> Iterator[torch.Tensor]:
         """Pre-processed image batches of ``loader`` on the model's device, as training saw them."""

@@ -21,6 +21,7 @@ Problems:
       (``tf_efficientnet_lite0`` ``blocks.4``) has stride 16, so such an image spans at most 2 x 2 feature cells.
       anomalib resizes every image to ``image_size`` and would not fail, but upsampling a few pixels to 256 invents
       no detail: the model would learn and score interpolation blur. That is why this is an error, not a warning;
+    - training folders of mostly identical or near-identical images (too little normal variation to learn);
     - constant images (every pixel the same, e.g. all black): blank frames with no texture, which in training push
       the per-channel feature standard deviation that DHKD normalises and scales its noise by towards 0;
     - MVTec layout: a missing or empty ``train/good``, folders other than ``good`` in ``train/``, defect images
@@ -65,6 +66,9 @@ MODE_NOTES = {
 EXIF_ORIENTATION = 0x0112
 PROGRESS_MIN_FILES = 200
 DEEPEST_STRIDE = 16
+THUMBNAIL = (32, 32)
+# Mean absolute difference of 32 x 32 grey thumbnails below which two training images count as copies.
+NEAR_IDENTICAL_GREY_LEVELS = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,11 @@ class CheckReport:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the checks need from a readable image: (width, height) and whether any pixel is non-zero."""
+    """What the checks need from a readable image: size, any non-zero pixel, and a small grey thumbnail."""
 
     size: tuple[int, int]
     foreground: bool
+    thumbnail: np.ndarray | None = field(default=None, compare=False)
 
 
 class _Checker:
@@ -222,7 +227,8 @@ class _Checker:
         if all(low == high for low, high in extrema):
             self.constant(path, split, [low for low, _ in extrema])
         self.geometry(path, image, width, height)
-        return ImageInfo((width, height), foreground=any(high > 0 for _, high in extrema))
+        thumbnail = np.asarray(image.convert("L").resize(THUMBNAIL, Image.Resampling.BOX), dtype=np.float32)
+        return ImageInfo((width, height), foreground=any(high > 0 for _, high in extrema), thumbnail=thumbnail)
 
     def constant(self, path: Path, split: str, value: list[float]) -> None:
         why = "a blank frame from a camera or export fault"
@@ -287,6 +293,7 @@ class _Checker:
         if not readable:
             state = "has no readable images" if good.is_dir() else "is missing"
             self.problem(good, f"train/good {state}: there is nothing to train on.", "put normal images in train/good.")
+        self.duplicates(good, {path: info for path, info in images.items() if info is not None})
         for path in sorted(train.iterdir()) if train.is_dir() else []:
             if path.is_dir() and path.name != "good":
                 self.problem(
@@ -295,6 +302,31 @@ class _Checker:
                     "'TypeError: expected str, bytes or os.PathLike object, not NoneType' (they have no mask).",
                     "move normal images to train/good and defective ones to test/<defect type> with masks.",
                 )
+
+    def duplicates(self, good: Path, images: dict[Path, ImageInfo]) -> None:
+        """Count training images (near-)identical to an earlier one; a folder of mostly copies is a problem.
+
+        Copies add no normal variation: on a set of identical images every statistic the models fit of normal images
+        has zero spread, and the scores of anything else are not finite.
+        """
+        kept: list[np.ndarray] = []
+        copies = 0
+        for info in images.values():
+            if info.thumbnail is None:
+                continue
+            if any(np.abs(info.thumbnail - other).mean() < NEAR_IDENTICAL_GREY_LEVELS for other in kept):
+                copies += 1
+            else:
+                kept.append(info.thumbnail)
+        if copies:
+            self.report.notes["training image identical or near-identical to another one"] += copies
+        if len(images) >= 2 and copies >= len(images) / 2:
+            self.problem(
+                good,
+                f"{copies} of its {len(images)} images are identical or near-identical to another one: there is too "
+                "little normal variation to learn, and the statistics of normal images become degenerate.",
+                "train on many different normal images (different parts, positions, lighting).",
+            )
 
     def masks(self, mask_dir: Path, images: dict[Path, ImageInfo | None]) -> None:
         """Pair the masks of ``mask_dir`` with the defect images exactly by name, as anomalib does by sorted order."""
