@@ -171,14 +171,21 @@ def summary(record: dict[str, Any]) -> str:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
-    """All (model, data spec, track, seed) runs, dataset by dataset, skipping tracks a model does not run in."""
+    """All (model, data spec, track, seed) runs, dataset by dataset, skipping tracks a model does not run in.
+
+    A model that needs a GPU is left out of a full CPU run, with a notice.
+    """
+    on_cpu = args.accelerator == "cpu" and not args.quick
+    skipped = [model for model in args.models if on_cpu and SUITE_MODELS[model].needs_gpu]
+    if skipped:
+        print(f"not run on the CPU (needs --accelerator gpu): {', '.join(skipped)}", flush=True)
     return [
         (model, spec, track, seed)
         for spec in args.specs
         for track in args.tracks
         for seed in args.seeds
         for model in args.models
-        if track in SUITE_MODELS[model].tracks
+        if track in SUITE_MODELS[model].tracks and model not in skipped
     ]
 
 

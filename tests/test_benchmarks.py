@@ -181,6 +181,10 @@ def test_plan_covers_datasets_tracks_and_seeds_and_skips_tracks_a_model_does_not
     }
     assert len(runs) == 3 * 2
     assert {spec.rpartition(":")[2] for _, spec, _, _ in runs} == {"bottle"}
+    with_draem = run.parse_args(["--models", "padim", "draem", "--datasets", "bottle", "--seeds", "0"])
+    assert {model for model, *_ in run.plan(with_draem)} == {"padim"}  # DRAEM needs a GPU in the full suite
+    with_draem.accelerator = "gpu"
+    assert {model for model, *_ in run.plan(with_draem)} == {"padim", "draem"}
 
 
 def test_datasets_are_discovered_from_the_mvtec_layout(tmp_path: Path) -> None:
