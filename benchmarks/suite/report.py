@@ -81,14 +81,15 @@ def values(runs: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def leaders(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str, key: str) -> set[str]:
-    """The configuration whose mean ``key`` leads the next one's by more than their pooled std (none on a tie)."""
+    """The configuration whose mean ``key`` leads the next one's by more than their pooled std, both over 2+ seeds."""
     stats = sorted(
-        (mean_std(values(runs, key)), model)
+        (mean_std(values(runs, key)), model, len(values(runs, key)))
         for (model, run_dataset, run_track), runs in groups.items()
         if (run_dataset, run_track) == (dataset, track) and values(runs, key)
     )
-    if len(stats) < 2:
+    if len(stats) < 2 or min(count for *_, count in stats[-2:]) < 2:  # one seed has no spread to compare with
         return set()
+    stats = [(mean_and_std, model) for mean_and_std, model, _ in stats]
     ((best_mean, best_std), best), ((next_mean, next_std), _) = stats[-1], stats[-2]
     return {best} if best_mean - next_mean > math.sqrt((best_std**2 + next_std**2) / 2) else set()
 
