@@ -29,8 +29,12 @@ from PIL import Image
 from torch.nn import functional
 from tqdm import tqdm
 
-from anomalib_dhkd.constants import IMAGE_EXTENSIONS
+from anomalib_dhkd.constants import HIGH_BIT_DEPTH_MODES, IMAGE_EXTENSIONS
 from anomalib_dhkd.deployment.runtime import ExportedModel, load_exported, resize_to_input
+
+# An image whose shorter side is below the model's input size over this fraction is not scored.
+SMALLEST_FRACTION = 8
+MIN_SIDE = 32  # the same floor for models exported without a fixed input size
 
 
 @dataclass
@@ -86,46 +90,84 @@ def visualise(item: ImageItem) -> Image.Image:
     return add_text_to_image(figure, f"score {float(item.pred_score):.3f} - {label}")
 
 
+def unusable_reason(path: Path, input_size: tuple[int, int] | None) -> str | None:
+    """Why the model cannot judge the image at ``path`` (too small, or values anomalib's reader clips); else ``None``.
+
+    A 16-bit grey image read by anomalib's ``read_image`` turns almost white, and an image a fraction of the model's
+    input size is all interpolation blur once resized: scores of either would be confident and meaningless.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.mode in HIGH_BIT_DEPTH_MODES and np.asarray(image).max() > 255:
+            return f"{image.mode} image with values above 255: convert it to 8 bits first"
+    smallest = min(input_size) // SMALLEST_FRACTION if input_size else MIN_SIDE
+    if min(width, height) < smallest:
+        return f"image is {width}x{height} px, far below the model's input ({smallest} px or more needed)"
+    return None
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be written to.
+
+    Raises:
+        PermissionError: Naming the folder and the fix.
+
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        msg = f"Cannot write to the output folder {out} ({type(error).__name__}); choose another --out."
+        raise PermissionError(msg) from error
+
+
 def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -> list[Prediction]:
-    """Predict every image under ``source``, write the figures and ``predictions.csv``, return the rows."""
+    """Predict every image under ``source``, write the figures and ``predictions.csv`` row by row, return the rows.
+
+    Each row is written as soon as its image is done, so an interrupted run keeps the rows it finished.
+    """
     images = find_images(source)
     if not images:
         msg = f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {source}."
         raise FileNotFoundError(msg)
+    check_writable(out)
     model = load_exported(model_path, runtime)
     base = source if source.is_dir() else source.parent
     predictions = []
-    for path in tqdm(images, desc="predict", unit="image", file=sys.stderr):
-        relative = path.relative_to(base)
-        try:
-            item = predict_image(model, read_image(path, as_tensor=True))
-        except (OSError, ValueError) as error:  # PIL raises these for unreadable or truncated files
-            predictions.append(Prediction(str(relative), None, "error", None, f"{type(error).__name__}: {error}"))
-            continue
-        target = (out / "images" / relative).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        visualise(item).save(target)
-        label = "anomalous" if item.pred_label else "normal"
-        area = round(100 * float(item.pred_mask.float().mean()), 3)
-        predictions.append(Prediction(str(relative), round(float(item.pred_score), 6), label, area))
-    write_table(predictions, out / "predictions.csv")
+    with (out / "predictions.csv").open("w", newline="") as table:
+        writer = csv.DictWriter(table, fieldnames=list(Prediction.__dataclass_fields__))
+        writer.writeheader()
+        for path in tqdm(images, desc="predict", unit="image", file=sys.stderr):
+            prediction = predict_file(model, path, path.relative_to(base), out)
+            predictions.append(prediction)
+            writer.writerow(asdict(prediction))
+            table.flush()
     return predictions
 
 
-def write_table(predictions: list[Prediction], path: Path) -> None:
-    """Write the rows as CSV (atomically: a half-written table never replaces a complete one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".csv.partial")
-    with partial.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(Prediction.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(prediction) for prediction in predictions)
-    partial.replace(path)
+def predict_file(model: ExportedModel, path: Path, relative: Path, out: Path) -> Prediction:
+    """Score one file and save its figure; an image the model cannot judge gets an ``error`` row with the reason."""
+    item = None
+    try:
+        reason = unusable_reason(path, model.input_size)
+        item = None if reason else predict_image(model, read_image(path, as_tensor=True))
+    except (OSError, ValueError) as error:  # PIL raises these for unreadable or truncated files
+        reason = f"{type(error).__name__}: {error}"
+    if item is None:
+        return Prediction(str(relative), None, "error", None, reason or "")
+    target = (out / "images" / relative).with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    visualise(item).save(target)
+    label = "anomalous" if item.pred_label else "normal"
+    area = round(100 * float(item.pred_mask.float().mean()), 3)
+    return Prediction(str(relative), round(float(item.pred_score), 6), label, area)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any image could not be read."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m anomalib_dhkd.predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="exported model: OpenVINO .xml or .onnx")
     parser.add_argument("source", type=Path, help="an image or a folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("results/predictions"), help="output folder")
@@ -133,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         predictions = run(args.model, args.source, args.out, args.runtime)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, PermissionError) as error:
         parser.exit(2, f"error: {error}\n")
     failed = [prediction for prediction in predictions if prediction.error]
     anomalous = sum(prediction.label == "anomalous" for prediction in predictions)
-    print(f"{len(predictions)} images, {anomalous} anomalous, {len(failed)} unreadable -> {args.out}/predictions.csv")
+    print(f"{len(predictions)} images, {anomalous} anomalous, {len(failed)} not scored -> {args.out}/predictions.csv")
     for prediction in failed:
-        print(f"unreadable: {prediction.image}: {prediction.error}", file=sys.stderr)
+        print(f"not scored: {prediction.image}: {prediction.error}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -50,10 +50,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from anomalib_dhkd.constants import IMAGE_EXTENSIONS, MVTEC_EXTENSIONS
+from anomalib_dhkd.constants import HIGH_BIT_DEPTH_MODES, IMAGE_EXTENSIONS, MVTEC_EXTENSIONS
 
-# PIL modes whose values can exceed 255: convert("RGB") clips them (mode F is truncated to integers as well).
-HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 MODE_NOTES = {
     "L": "grayscale (L): read_image repeats it into 3 channels",
     "LA": "grayscale with alpha (LA): read_image drops the alpha channel",

@@ -176,11 +176,10 @@ def update_readme(readme: Path, records: list[dict[str, Any]]) -> Path | None:
     if README_START not in text or README_END not in text:
         return None
     groups = grouped(records)
-    stamp = f"{environment()['commit']}, {datetime.now(timezone.utc):%Y-%m-%d}"
     block = [
         README_START,
-        f"Track `pretrained`, mean over datasets of the mean over seeds ({stamp}; details in "
-        "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
+        f"Track `pretrained`, mean over datasets of the mean over seeds ({datetime.now(timezone.utc):%Y-%m-%d}; "
+        "commit, machine and details in [benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
         "",
         *summary_table(groups, "pretrained"),
         README_END,

@@ -209,3 +209,50 @@ def test_anomalib_predict_cli_reloads_a_checkpoint(trained_tiny: tuple, texture_
     assert result.returncode == 0, result.stderr[-3000:]
     written = sorted(path.name for path in (tmp_path / "predict").rglob("*.png"))
     assert written == sorted(path.name for path in images.glob("*.png"))
+
+
+def test_predict_refuses_images_it_cannot_judge_and_keeps_rows_when_interrupted(
+    hazelnut_model: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny and 16-bit images get a reason instead of a score; rows are written as they finish; --out is checked."""
+    from anomalib_dhkd.deployment import predict
+
+    _, _, _, weights = hazelnut_model
+    model_path = weights / "openvino/model.xml"
+    source = sorted((shared_category("hazelnut_toy", "hazelnut") / "hazelnut" / "test").rglob("*.png"))[0]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    Image.open(source).save(folder / "a_good.png")
+    Image.open(source).resize((4, 4)).save(folder / "b_tiny.png")
+    Image.fromarray(np.full((64, 64), 4000, dtype=np.uint16)).save(folder / "c_16bit.png")
+    rows = {row.image: row for row in predict.run(model_path, folder, tmp_path / "out")}
+    assert rows["a_good.png"].label in {"normal", "anomalous"}
+    assert (rows["b_tiny.png"].label, rows["b_tiny.png"].score) == ("error", None)
+    assert "far below the model's input" in rows["b_tiny.png"].error
+    assert "values above 255" in rows["c_16bit.png"].error
+
+    calls = []
+
+    def interrupted(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    original = predict.predict_image
+    monkeypatch.setattr(predict, "predict_image", interrupted)
+    (folder / "b_tiny.png").unlink()
+    Image.open(source).save(folder / "b_second.png")
+    with pytest.raises(KeyboardInterrupt):
+        predict.run(model_path, folder, tmp_path / "cut")
+    with (tmp_path / "cut" / "predictions.csv").open() as file:
+        assert [row["image"] for row in csv.DictReader(file)] == ["a_good.png"]  # the finished row survived
+
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("")  # an output path that cannot be created, as root too (root ignores permission bits)
+    monkeypatch.setattr(
+        predict, "load_exported", lambda *args: pytest.fail("the model loaded before --out was checked")
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(model_path), str(folder), "--out", str(not_a_folder / "out")])
+    assert exit_info.value.code == 2
