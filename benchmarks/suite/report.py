@@ -289,7 +289,7 @@ def write_chart(groups: dict[Group, list[dict[str, Any]]], key: str, path: Path)
     columns = ordered(f"{dataset}\n{track}" for _, dataset, track in groups)
     models = ordered((model for model, _, _ in groups), MODELS)
     width = 0.8 / len(models)
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.9 * len(columns) + 2), 3.8))
+    figure, axis = plt.subplots(figsize=(max(8.0, 1.9 * len(columns) + 2), 4.0))
     for index, model in enumerate(models):
         stats = {
             f"{dataset}\n{track}": mean_std(values(runs, key))
@@ -302,9 +302,8 @@ def write_chart(groups: dict[Group, list[dict[str, Any]]], key: str, path: Path)
         axis.bar(positions, means, width, yerr=errors, capsize=2, label=model)
     axis.set_xticks(np.arange(len(columns)), columns, fontsize=7)
     axis.set_title(f"{COLUMNS[key][0]} (mean ± std over seeds)")
-    axis.legend(fontsize=7, ncols=min(len(models), 6), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    axis.legend(fontsize=7, ncols=min(len(models), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    figure.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(figure)
     return path
 
