@@ -225,7 +225,9 @@ class _Checker:
         if all(low == high for low, high in extrema):
             self.constant(path, split, [low for low, _ in extrema])
         self.geometry(path, image, width, height)
-        thumbnail = np.asarray(image.convert("L").resize(THUMBNAIL, Image.Resampling.BOX), dtype=np.float32)
+        thumbnail = None
+        if split == "train":  # only training images are compared for copies
+            thumbnail = np.asarray(image.convert("L").resize(THUMBNAIL, Image.Resampling.BOX), dtype=np.float32)
         return ImageInfo((width, height), foreground=any(high > 0 for _, high in extrema), thumbnail=thumbnail)
 
     def constant(self, path: Path, split: str, value: list[float]) -> None:

@@ -153,7 +153,7 @@ class DiscrepancyScorer(nn.Module):
             sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
 
         Raises:
-            ValueError: If ``inputs()`` is empty, or has fewer than two images.
+            ValueError: If ``inputs()`` is empty, has fewer than two images, or the fitted statistics are not finite.
 
         """
         total = sum_across_processes or (lambda moments: moments)
@@ -165,12 +165,30 @@ class DiscrepancyScorer(nn.Module):
             for distance, latent_moments in zip(self.score_fusion.distances, moments[layers:], strict=True):
                 distance.fit(latent_moments)
         if self.score_fusion is None and self.map_coherence is None:
+            self._check_finite_statistics()
             return
         source_moments, *pixel_moments = (total(m) for m in _summed_over_batches(inputs(), self._calibration_moments))
         if self.score_fusion is not None:
             self.score_fusion.fit_calibration(source_moments)
         if self.map_coherence is not None:
             self.map_coherence.fit(pixel_moments[0], pixel_moments[1:])
+        self._check_finite_statistics()
+
+    def _check_finite_statistics(self) -> None:
+        """Stop with the cause and the fix when the fitted statistics of normal images are not finite.
+
+        Raises:
+            ValueError: If a fitted statistic is NaN or infinite.
+
+        """
+        if all(bool(torch.isfinite(statistic).all()) for statistic in self.buffers()):
+            return
+        msg = (
+            "The statistics of normal images fitted on the training images are NaN or infinite: the training images "
+            "hardly vary (copies of one image, or constant frames), so those statistics have no spread. Fix: train on "
+            "many different normal images; `python -m anomalib_dhkd.check ROOT` reports copies and constant images."
+        )
+        raise ValueError(msg)
 
     def _statistics_moments(self, inputs: ScoringInput) -> list[torch.Tensor]:
         """Moments of each layer's discrepancy, then (``global_score``) of each score layer's channel statistics."""
