@@ -9,7 +9,9 @@ Example:
 
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_dhkd._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 __all__ = ["Dhkd"]
@@ -18,11 +20,4 @@ if TYPE_CHECKING:
     from anomalib_dhkd.models import Dhkd
 
 
-def __getattr__(name: str) -> Any:
-    """Import models lazily so that ``import anomalib_dhkd`` does not import torch."""
-    if name in __all__:
-        from anomalib_dhkd import models
-
-        return getattr(models, name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, "anomalib_dhkd.models", __all__)

@@ -12,7 +12,9 @@ Example:
 
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_dhkd._lazy import lazy_attributes
 
 __all__ = ["DEFECT_TYPES", "TEXTURES", "generate_texture_dataset"]
 
@@ -20,11 +22,4 @@ if TYPE_CHECKING:
     from anomalib_dhkd.tools.data.synthetic import DEFECT_TYPES, TEXTURES, generate_texture_dataset
 
 
-def __getattr__(name: str) -> Any:
-    """Import :mod:`anomalib_dhkd.tools.data.synthetic` lazily (keeps ``python -m`` free of double-import warnings)."""
-    if name in __all__:
-        from anomalib_dhkd.tools.data import synthetic
-
-        return getattr(synthetic, name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, "anomalib_dhkd.tools.data.synthetic", __all__)
