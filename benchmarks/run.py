@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anomalib_dhkd.constants import IMAGE_EXTENSIONS
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.records import (
     RECORDS_DIR,
@@ -63,9 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="64 px, one epoch each, hazelnut toy data, seed 0")
     parser.add_argument("--image-size", type=int, help=f"default {FULL_IMAGE_SIZE}; --quick: {QUICK_IMAGE_SIZE}")
     parser.add_argument("--records", type=Path, help=f"default {RECORDS_DIR.relative_to(REPO_ROOT)}; --quick: OUT")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="gallery maps (and --quick report)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/bench"), help="maps of the hardest images (and --quick report)"
+    )
     parser.add_argument("--report-dir", type=Path, help="default benchmarks/; --quick: OUT")
-    parser.add_argument("--gallery-images", type=int, default=4, help="defect images in each heat-map gallery")
+    parser.add_argument(
+        "--hardest-images", type=int, default=4, help="hardest test images per run in the galleries (defects, 1 normal)"
+    )
     parser.add_argument(
         "--layers",
         nargs="+",
@@ -111,22 +114,6 @@ def parse_layers(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str,
             parser.error(f"--layers {spec!r}: expected MODEL=L1,L2 with MODEL one of {', '.join(MODELS)}")
         layers[model] = tuple(names.split(","))
     return layers
-
-
-def gallery_images(root: Path, category: str, count: int) -> list[str]:
-    """The first ``count`` defect test images, sorted by path, taking one per defect type in turn."""
-    test_dir = root / category / "test"
-    if not test_dir.is_dir():
-        return []
-    by_type = [
-        sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
-        for folder in sorted(test_dir.iterdir())
-        if folder.is_dir() and folder.name != "good"
-    ]
-    selected = []
-    for rank in range(count):
-        selected += [images[rank] for images in by_type if rank < len(images)]
-    return [str(path.resolve()) for path in selected[:count]]
 
 
 def stream_worker(command: list[str]) -> tuple[int, str]:
@@ -213,7 +200,7 @@ def run_suite(args: argparse.Namespace) -> None:
             "root": root,
             "category": category,
             "settings": settings.to_dict(),
-            "gallery": gallery_images(Path(root), category, args.gallery_images),
+            "hardest_images": args.hardest_images,
             "throughput_seconds": QUICK_THROUGHPUT_SECONDS if args.quick else THROUGHPUT_SECONDS,
             "accelerator": args.accelerator,
         }

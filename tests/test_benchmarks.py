@@ -24,6 +24,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
+from benchmarks.suite.hardest import hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
 from benchmarks.suite.records import base_record, load_records, save_record
 from benchmarks.suite.settings import (
@@ -118,6 +119,19 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
         assert_image(out / "figures" / chart)
     assert_image(out / "figures" / GALLERY, min_side=400)
     assert len(list((out / "maps").glob("*.pt"))) == len(MODELS)
+    for record in read_records(out).values():
+        hardest = record["hardest_images"]
+        assert [image["defect"] for image in hardest] == [True, True, True, False]  # 3 lowest defects, 1 top normal
+
+
+def test_hardest_images_are_the_lowest_defects_and_the_highest_normal() -> None:
+    scores = [0.9, 0.2, 0.7, 0.1, 0.5, 0.3]
+    labels = [True, True, False, False, True, False]
+    assert hardest_indices(scores, labels, count=3) == [1, 4, 2]
+    assert hardest_indices(scores, labels, count=1) == [2]  # only the worst false alarm
+    assert outranked_by(scores, labels, 1) == 2  # defect 0.2 is below normals 0.7 and 0.3
+    assert outranked_by(scores, labels, 2) == 2  # normal 0.7 is above defects 0.2 and 0.5
+    assert outranked_by(scores, labels, 0) == 0
 
 
 @pytest.mark.slow

@@ -308,54 +308,53 @@ def write_chart(groups: dict[Group, list[dict[str, Any]]], key: str, path: Path)
     return path
 
 
-def normalised_maps(payload: dict[str, Any], image_paths: list[str]) -> dict[str, np.ndarray]:
-    """One model's maps of ``image_paths``, min-max normalised together (over the shown images)."""
-    by_path = dict(zip(payload["image_paths"], payload["anomaly_maps"], strict=True))
-    shown = {path: by_path[path].numpy() for path in image_paths if path in by_path}
-    if not shown:
-        return {}
-    low = min(float(m.min()) for m in shown.values())
-    high = max(float(m.max()) for m in shown.values())
-    return {path: (m - low) / max(high - low, 1e-12) for path, m in shown.items()}
+def overlay(axis: plt.Axes, payload: dict[str, Any], index: int) -> None:
+    """One hard image with the model's map over it (scaled to the run's map range) and the defect's outline."""
+    anomaly_map = payload["anomaly_maps"][index].numpy()
+    low, high = payload["map_range"]
+    image = Image.open(payload["image_paths"][index]).convert("RGB").resize(anomaly_map.shape[::-1])
+    axis.imshow(image)
+    axis.imshow((anomaly_map - low) / max(high - low, 1e-12), cmap="jet", vmin=0, vmax=1, alpha=0.45)
+    mask = payload["masks"][index].numpy()
+    if mask.any():
+        axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+    count = payload["outranked_by"][index]
+    ranked = f"below {count} normal" if payload["labels"][index] else f"above {count} defect"
+    name = "/".join(Path(payload["image_paths"][index]).parts[-2:])
+    axis.set_title(f"{name}\nscored {ranked} image{'s' * (count != 1)}", fontsize=6)
 
 
 def write_gallery(maps: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
-    """Rows of defect images: the image, its ground truth, then each configuration's anomaly map."""
+    """One row per configuration: its hardest test images (lowest-scored defects, highest-scored normal image)."""
     models = ordered(maps, MODELS)
-    reference = maps[models[0]]
-    image_paths = [p for p in reference["image_paths"] if Path(p).is_file()]
-    masks = dict(zip(reference["image_paths"], reference["masks"], strict=True))
-    normalised = {model: normalised_maps(maps[model], image_paths) for model in models}
-    columns = ["image", "ground truth", *models]
+    columns = max(len(maps[model]["image_paths"]) for model in models)
     figure, axes = plt.subplots(
-        len(image_paths), len(columns), figsize=(1.9 * len(columns), 2.0 * len(image_paths) + 0.4), squeeze=False
+        len(models), columns, figsize=(1.9 * columns + 0.6, 2.1 * len(models) + 0.5), squeeze=False
     )
-    for row, image_path in zip(axes, image_paths, strict=True):
-        row[0].imshow(Image.open(image_path).convert("RGB"))
-        row[0].set_ylabel(Path(image_path).parent.name + "/" + Path(image_path).name, fontsize=7)
-        row[1].imshow(masks[image_path].numpy(), cmap="gray", vmin=0, vmax=1)
-        for axis, model in zip(row[2:], models, strict=True):
-            if image_path in normalised[model]:
-                axis.imshow(normalised[model][image_path], cmap="jet", vmin=0, vmax=1)
-    for axis, column in zip(axes[0], columns, strict=True):
-        axis.set_title(column, fontsize=8)
+    for row, model in zip(axes, models, strict=True):
+        row[0].set_ylabel(model, fontsize=8)
+        for index, axis in enumerate(row):
+            if index < len(maps[model]["image_paths"]) and Path(maps[model]["image_paths"][index]).is_file():
+                overlay(axis, maps[model], index)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
 
 
 def gallery_maps(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str, maps_dir: Path) -> dict:
-    """The gallery maps of each configuration's lowest seed on ``dataset`` in ``track`` that kept them."""
+    """The hardest-image maps of each configuration's lowest seed on ``dataset`` in ``track`` that kept them."""
     maps = {}
     for (model, run_dataset, run_track), runs in groups.items():
         path = maps_path(maps_dir, runs[0])
         if (run_dataset, run_track) == (dataset, track) and path.is_file():
-            maps[model] = torch.load(path, weights_only=True)
+            payload = torch.load(path, weights_only=True)
+            if "map_range" in payload:  # maps of the earlier fixed-image galleries are not shown
+                maps[model] = payload
     return maps
 
 
@@ -369,6 +368,9 @@ def write_report(records: list[dict[str, Any]], report_dir: Path, maps_dir: Path
         for track in ordered((t for _, _, t in groups), TRACKS):
             maps = gallery_maps(groups, dataset, track, maps_dir)
             if maps:
-                title = f"{dataset}, track {track}\nanomaly maps min-max normalised per model over these images"
+                title = (
+                    f"{dataset}, track {track}: each model's hardest test images (lowest seed)\n"
+                    "map scaled to the run's 1st-99.9th percentile of all test-map values; white: ground truth"
+                )
                 figures.append(write_gallery(maps, title, figures_dir / f"gallery_{slug(dataset)}_{track}.png"))
     return [write_markdown(records, report_dir / "RESULTS.md", figures), *figures]

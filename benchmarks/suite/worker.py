@@ -2,9 +2,9 @@
 
 ``python -m benchmarks.run`` starts ``python -m benchmarks.suite.worker JOB RESULT MAPS`` per run, so that peak
 RSS is the run's own and a crash costs only that run. ``JOB`` is a JSON object (model, root, category, settings,
-gallery image paths, seconds of timed inference); the worker writes its measurements as JSON to ``RESULT`` and the
-anomaly maps of the gallery images to ``MAPS`` (a ``torch.save`` file). A failure raises, which the parent records
-from the exit status.
+number of hardest images to keep, seconds of timed inference); the worker writes its measurements as JSON to
+``RESULT`` and the anomaly maps of the run's hardest test images to ``MAPS`` (a ``torch.save`` file). A failure
+raises, which the parent records from the exit status.
 """
 
 import argparse
@@ -18,15 +18,16 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from anomalib.data import Batch, MVTecAD
+from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from torch.optim import Optimizer
 
 from anomalib_dhkd.models import OFFLINE_BACKBONE
 from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 from benchmarks.measure import interleaved_images_per_second, peak_rss_mb
+from benchmarks.suite.hardest import HardestImages, listed
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.settings import METRICS, RunSettings
 
@@ -91,41 +92,7 @@ def device_name(model: AnomalibModule) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
-class GalleryMaps(Callback):
-    """Keep the raw anomaly maps and masks of chosen test images (before anomalib's post-processor rescales them)."""
-
-    def __init__(self, image_paths: list[str]) -> None:
-        self.image_paths = image_paths
-        self.maps: dict[str, torch.Tensor] = {}
-        self.masks: dict[str, torch.Tensor] = {}
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Batch,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        """Store the maps of the chosen images in this batch."""
-        del trainer, pl_module, args, kwargs
-        for index, path in enumerate(outputs.image_path):
-            key = str(Path(path).resolve())
-            if key in self.image_paths:
-                self.maps[key] = outputs.anomaly_map[index].detach().squeeze().float().cpu()
-                self.masks[key] = outputs.gt_mask[index].detach().squeeze().bool().cpu()
-
-    def payload(self) -> dict[str, Any]:
-        """Maps and masks of the stored images, in the order of ``image_paths``."""
-        paths = [path for path in self.image_paths if path in self.maps]
-        return {
-            "image_paths": paths,
-            "anomaly_maps": [self.maps[path] for path in paths],
-            "masks": [self.masks[path] for path in paths],
-        }
-
-
-def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryMaps) -> dict[str, Any]:
+def train_and_test(job: dict[str, Any], settings: RunSettings, hardest: HardestImages) -> dict[str, Any]:
     """Fit and test the job's model through anomalib's ``Engine``; return metrics, timing, size and throughput."""
     model = build_model(job["model"], settings)
     check_layers(model, settings.encoder_layers)
@@ -141,7 +108,7 @@ def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryM
         engine = Engine(
             default_root_dir=work_dir,
             logger=False,
-            callbacks=[gallery],
+            callbacks=[hardest],
             max_epochs=settings.epochs,
             check_val_every_n_epoch=settings.epochs,
             accelerator=job.get("accelerator", "cpu"),
@@ -168,16 +135,18 @@ def train_and_test(job: dict[str, Any], settings: RunSettings, gallery: GalleryM
 
 
 def run_job(job: dict[str, Any], result_path: Path, maps_path: Path) -> None:
-    """Run one job and write its measurements and gallery maps."""
+    """Run one job and write its measurements and the maps of its hardest test images."""
     settings = RunSettings.from_dict(job["settings"])
     torch.set_num_threads(TORCH_THREADS)
     seed_everything(settings.seed, workers=True)
     if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
         install_efficientnet_lite0()
-    gallery = GalleryMaps(job["gallery"])
-    result = train_and_test(job, settings, gallery)
+    hardest = HardestImages()
+    result = train_and_test(job, settings, hardest)
     result["peak_rss_mb"] = peak_rss_mb()
-    torch.save(gallery.payload(), maps_path)
+    payload = hardest.payload(job["hardest_images"])
+    result["hardest_images"] = listed(payload)
+    torch.save(payload, maps_path)
     result_path.write_text(json.dumps(result))
 
 
@@ -186,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("job", type=json.loads, help="JSON job description")
     parser.add_argument("result", type=Path, help="where to write the measurements (JSON)")
-    parser.add_argument("maps", type=Path, help="where to write the gallery maps (torch.save)")
+    parser.add_argument("maps", type=Path, help="where to write the maps of the hardest test images (torch.save)")
     args = parser.parse_args(argv)
     run_job(args.job, args.result, args.maps)
 
