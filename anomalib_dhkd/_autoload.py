@@ -10,8 +10,9 @@ executed, :func:`anomalib_dhkd.models.register` adds ``Dhkd`` to it, so that
 
 all find the model without the user importing the plugin. Set ``ANOMALIB_DHKD_AUTOLOAD=0`` to switch it off.
 
-When ``anomalib.cli.cli`` has executed, :func:`anomalib_dhkd.cli_patches.seed_before_instantiation` makes its
-``--seed_everything`` take effect (anomalib 2.7 declares the option but never applies it).
+When ``anomalib.cli.cli`` has executed, :func:`anomalib_dhkd.cli_patches.patch_cli` makes its ``--seed_everything``
+take effect (anomalib 2.7 declares the option but never applies it), prints the plugin's argument errors in one line
+and checks a family model's data or export folder before the subcommand runs.
 
 ``anomalib_dhkd.models`` registers itself at the end of its own import. When ``anomalib.models`` is first imported
 *by* a plugin module that is still initialising, the hook leaves registration to that import instead of starting
@@ -46,10 +47,10 @@ def _import_plugin_models() -> None:
 
 
 def _patch_cli(module: ModuleType) -> None:
-    """Apply the plugin's fix to anomalib's CLI module."""
-    from anomalib_dhkd.cli_patches import seed_before_instantiation
+    """Apply the plugin's fixes to anomalib's CLI module."""
+    from anomalib_dhkd.cli_patches import patch_cli
 
-    seed_before_instantiation(module)
+    patch_cli(module)
 
 
 class _RegisteringLoader(importlib.abc.Loader):

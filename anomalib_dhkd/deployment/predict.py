@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from anomalib_dhkd.constants import HIGH_BIT_DEPTH_MODES, IMAGE_EXTENSIONS
 from anomalib_dhkd.deployment.runtime import ExportedModel, load_exported, resize_to_input
+from anomalib_dhkd.tools.preflight import check_writable
 
 # An image whose shorter side is below the model's input size over this fraction is not scored.
 SMALLEST_FRACTION = 8
@@ -104,23 +105,6 @@ def unusable_reason(path: Path, input_size: tuple[int, int] | None) -> str | Non
     if min(width, height) < smallest:
         return f"image is {width}x{height} px, far below the model's input ({smallest} px or more needed)"
     return None
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any work if ``out`` cannot be written to.
-
-    Raises:
-        PermissionError: Naming the folder and the fix.
-
-    """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        msg = f"Cannot write to the output folder {out} ({type(error).__name__}); choose another --out."
-        raise PermissionError(msg) from error
 
 
 def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -> list[Prediction]:
