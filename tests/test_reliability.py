@@ -1,7 +1,9 @@
 """Reliability: same seed gives the same model, and an interrupted run resumes to the uninterrupted result."""
 
 import os
+import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from anomalib_dhkd import Dhkd
 
-from .conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_dhkd, write_tiny_config
+from .conftest import TINY_IMAGE_SIZE, anomalib_cli, shared_category, tiny_dhkd, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +93,54 @@ def test_cli_trains_under_cpu_ddp(texture_root: Path, tmp_path: Path) -> None:
     assert list((tmp_path / "runs").rglob("*.ckpt"))
 
 
-def cli_train(config: Path, texture_root: Path, root: Path) -> tuple[dict[str, torch.Tensor], str]:
+def cli_train(
+    config: Path, data_root: Path, root: Path, *extra: str, category: str = "brick"
+) -> tuple[dict[str, torch.Tensor], str]:
     """Train with `anomalib train --config CONFIG` (seed 0); the checkpoint's state dict and the printed metrics."""
     command = [anomalib_cli(), "train", "--config", str(config), "--seed_everything", "0"]
-    command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(texture_root), "--data.category", "brick"]
-    command += ["--data.num_workers", "0", "--default_root_dir", str(root)]
+    command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(data_root), "--data.category", category]
+    command += ["--data.num_workers", "0", "--default_root_dir", str(root), *extra]
     result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (checkpoint,) = root.rglob("*.ckpt")
     metrics = [line for line in (result.stdout + result.stderr).splitlines() if "AUROC" in line or "AUPRO" in line]
     return torch.load(checkpoint, weights_only=True)["state_dict"], "\n".join(metrics)
+
+
+class SigKill(Callback):
+    """``kill -9`` the training process at the second batch of ``epoch`` (mid-epoch, after a checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, index: int) -> None:
+        del pl_module, batch
+        if trainer.current_epoch == self.epoch and index == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_cli_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights_and_metrics(tmp_path: Path) -> None:
+    """`kill -9` mid-epoch, then the same `anomalib train` command with `--ckpt_path`: as if never interrupted."""
+    hazelnut = shared_category("hazelnut_toy", "hazelnut")
+    config = write_tiny_config(tmp_path / "dhkd.yaml", max_epochs=3)
+    run = partial(cli_train, config, hazelnut, category="hazelnut")
+    full_weights, full_metrics = run(tmp_path / "full", "--data.train_batch_size", "8")
+    killer = ["--trainer.callbacks+=tests.test_reliability.SigKill", "--trainer.callbacks.epoch=2"]
+    command = [anomalib_cli(), "train", "--config", str(config), "--seed_everything", "0", *killer]
+    command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(hazelnut), "--data.category", "hazelnut"]
+    command += ["--data.num_workers", "0", "--data.train_batch_size", "8", "--default_root_dir", str(tmp_path / "cut")]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    killed = subprocess.run(command, capture_output=True, text=True, check=False, env=environment, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "cut").rglob("*.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1  # epochs 0 and 1 done, killed inside epoch 2
+    resumed_weights, resumed_metrics = run(
+        tmp_path / "resumed", "--data.train_batch_size", "8", "--ckpt_path", str(checkpoint)
+    )
+    assert resumed_weights.keys() == full_weights.keys()
+    assert [name for name in full_weights if not torch.equal(full_weights[name], resumed_weights[name])] == []
+    assert "image_AUROC" in full_metrics
+    assert resumed_metrics == full_metrics
 
 
 def test_two_seeded_cli_runs_train_identical_models(texture_root: Path, tmp_path: Path) -> None:
