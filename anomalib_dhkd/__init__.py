@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from anomalib_dhkd._lazy import lazy_attributes
 
 __version__ = "0.1.0"
-__all__ = ["Dhkd"]
+__all__ = ["AsymmetricTs", "Dhkd"]
 
 if TYPE_CHECKING:
-    from anomalib_dhkd.models import Dhkd
+    from anomalib_dhkd.models import AsymmetricTs, Dhkd
 
 
 __getattr__ = lazy_attributes(__name__, "anomalib_dhkd.models", __all__)

@@ -62,6 +62,21 @@ def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
     return Dhkd(**{**arguments, **overrides})
 
 
+def tiny_asymmetric_ts(**overrides: object) -> "AsymmetricTs":  # noqa: F821
+    """A small AsymmetricTs (random teacher, 2 epochs) that trains in seconds at 64 px."""
+    from anomalib_dhkd import AsymmetricTs
+
+    arguments = {
+        **TINY_BACKBONE,
+        "pre_trained": False,
+        "max_epochs": 2,
+        "pre_processor": AsymmetricTs.configure_pre_processor(
+            (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]
+        ),
+    }
+    return AsymmetricTs(**{**arguments, **overrides})
+
+
 @pytest.fixture(scope="session")
 def trained_tiny(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """``(engine, model, datamodule)``: a tiny DHKD fitted on the synthetic textures through anomalib's Engine."""

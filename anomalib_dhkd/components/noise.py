@@ -1,4 +1,11 @@
-"""Gaussian feature noise for denoising students, independent or spatially correlated."""
+"""Gaussian feature noise for denoising students, independent or spatially correlated.
+
+DHKD's student is trained to *denoise*: it sees noisy features and reproduces the teacher's latent of the clean ones
+(Sec. 3.2 of "Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge
+Distillation"). This module draws that noise. Its spatial correlation is this implementation's choice, not the
+paper's: a defect perturbs neighbouring feature cells together (see the model README, "Our reading where the paper
+is vague"). The same function, uncorrelated, dequantises the flow teacher's likelihood input.
+"""
 
 import torch
 from anomalib.models.components.filters.blur import compute_kernel_size
@@ -26,6 +33,17 @@ def add_feature_noise(features: torch.Tensor, level: float, correlation: float =
     Returns:
         Noisy features of the same shape.
 
+    Raises:
+        ValueError: If ``level`` or ``correlation`` is negative.
+
+    Example:
+        >>> import torch
+        >>> features = torch.randn(2, 4, 8, 8)
+        >>> add_feature_noise(features, level=0.0) is features
+        True
+        >>> add_feature_noise(features, level=0.5, correlation=1.0).shape
+        torch.Size([2, 4, 8, 8])
+
     """
     if level < 0 or correlation < 0:
         msg = f"Noise level and correlation must be non-negative, got {level} and {correlation}."
@@ -41,6 +59,21 @@ def gaussian_noise(like: torch.Tensor, correlation: float) -> torch.Tensor:
 
     Drawn in (N, C, H, W) order, not with randn_like, which fills a channels-last tensor in memory order: the same
     seed then gives the same noise whatever the memory layout.
+
+    Args:
+        like: Tensor of shape ``(N, C, H, W)`` whose shape, dtype and device the noise takes.
+        correlation: Standard deviation of the smoothing Gaussian in feature cells; ``0``: white noise.
+
+    Returns:
+        Noise of ``like``'s shape with zero mean and unit variance at every position.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> noise = gaussian_noise(torch.empty(64, 1, 16, 16), correlation=2.0)
+        >>> noise.shape, round(noise.std().item(), 1)
+        (torch.Size([64, 1, 16, 16]), 1.0)
+
     """
     if correlation == 0:
         return torch.randn(like.shape, dtype=like.dtype, device=like.device)

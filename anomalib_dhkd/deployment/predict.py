@@ -40,7 +40,20 @@ MIN_SIDE = 32  # the same floor for models exported without a fixed input size
 
 @dataclass
 class Prediction:
-    """One row of ``predictions.csv``."""
+    """One row of ``predictions.csv``.
+
+    Args:
+        image: Path of the image relative to the source folder.
+        score: Anomaly score normalised to ``[0, 1]`` (0.5 is the threshold); ``None`` if the image was not scored.
+        label: ``"normal"``, ``"anomalous"`` or ``"error"``.
+        defect_area_percent: Share of the image in the predicted defect region, in percent; ``None`` if not scored.
+        error: Why the image was not scored; empty if it was.
+
+    Example:
+        >>> Prediction("good/001.png", 0.12, "normal", 0.0)
+        Prediction(image='good/001.png', score=0.12, label='normal', defect_area_percent=0.0, error='')
+
+    """
 
     image: str
     score: float | None
@@ -50,7 +63,26 @@ class Prediction:
 
 
 def find_images(source: Path) -> list[Path]:
-    """Image files under ``source`` (a file or a folder, searched recursively), sorted."""
+    """Image files under ``source`` (a file or a folder, searched recursively), sorted.
+
+    Args:
+        source: An image file, returned as is whatever its suffix, or a folder.
+
+    Returns:
+        The files whose suffix is one of :data:`~anomalib_dhkd.constants.IMAGE_EXTENSIONS`, in any case.
+
+    Raises:
+        FileNotFoundError: If ``source`` is neither a file nor a folder.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.PNG", "a.jpg", "notes.txt"):
+        ...     (folder / name).touch()
+        >>> [path.name for path in find_images(folder)]
+        ['a.jpg', 'b.PNG']
+
+    """
     if source.is_file():
         return [source]
     if not source.is_dir():
@@ -63,6 +95,14 @@ def predict_image(model: ExportedModel, image: torch.Tensor) -> ImageItem:
     """Run one ``(3, H, W)`` image in ``[0, 1]``, resized to the model's fixed input size if it has one.
 
     Maps come back at the image's own size.
+
+    Args:
+        model: The exported model (:func:`~anomalib_dhkd.deployment.runtime.load_exported`).
+        image: Image tensor of shape ``(3, H, W)`` with values in ``[0, 1]``.
+
+    Returns:
+        The image with its anomaly map, predicted mask, score and label.
+
     """
     batch = resize_to_input(image.unsqueeze(0), model.input_size)
     outputs = {name: torch.from_numpy(np.asarray(value)) for name, value in model(batch.numpy()).items()}
@@ -79,7 +119,15 @@ def predict_image(model: ExportedModel, image: torch.Tensor) -> ImageItem:
 
 
 def visualise(item: ImageItem) -> Image.Image:
-    """Draw the image, the heat map over it and the predicted region on it, with score and label in the corner."""
+    """Draw the image, the heat map over it and the predicted region on it, with score and label in the corner.
+
+    Args:
+        item: A prediction of :func:`predict_image`.
+
+    Returns:
+        The figure, at the image's own size.
+
+    """
     figure = visualize_image_item(
         item,
         fields=["image"],
@@ -96,6 +144,21 @@ def unusable_reason(path: Path, input_size: tuple[int, int] | None) -> str | Non
 
     A 16-bit grey image read by anomalib's ``read_image`` turns almost white, and an image a fraction of the model's
     input size is all interpolation blur once resized: scores of either would be confident and meaningless.
+
+    Args:
+        path: Image file; only its header and, for high-bit-depth modes, its pixels are read.
+        input_size: The model's fixed ``(H, W)``, or ``None`` for a dynamic input size (then 32 px is the floor).
+
+    Returns:
+        The reason in one line, or ``None`` if the image can be scored.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "tiny.png"
+        >>> Image.new("RGB", (16, 16)).save(path)
+        >>> unusable_reason(path, (256, 256))
+        "image is 16x16 px, far below the model's input (32 px or more needed)"
+
     """
     with Image.open(path) as image:
         width, height = image.size
@@ -111,6 +174,26 @@ def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -
     """Predict every image under ``source``, write the figures and ``predictions.csv`` row by row, return the rows.
 
     Each row is written as soon as its image is done, so an interrupted run keeps the rows it finished.
+
+    Args:
+        model_path: Exported model, OpenVINO ``.xml`` or ``.onnx``.
+        source: An image or a folder of images (searched recursively).
+        out: Output folder for ``predictions.csv`` and ``images/``.
+        runtime: ``"openvino"`` or ``"onnxruntime"``; by default chosen by the model's file type.
+
+    Returns:
+        One row per image, in the order of :func:`find_images`.
+
+    Raises:
+        FileNotFoundError: If ``source`` holds no image or the model file does not exist.
+        PermissionError: If ``out`` cannot be written.
+        ValueError: If the model's file type or ``runtime`` is not supported.
+
+    Example:
+        >>> rows = run(Path("results/weights/openvino/model.xml"), Path("images"), Path("out"))  # doctest: +SKIP
+        >>> rows[0]  # doctest: +SKIP
+        Prediction(image='001.png', score=0.91, label='anomalous', defect_area_percent=2.37, error='')
+
     """
     images = find_images(source)
     if not images:
@@ -132,7 +215,18 @@ def run(model_path: Path, source: Path, out: Path, runtime: str | None = None) -
 
 
 def predict_file(model: ExportedModel, path: Path, relative: Path, out: Path) -> Prediction:
-    """Score one file and save its figure; an image the model cannot judge gets an ``error`` row with the reason."""
+    """Score one file and save its figure; an image the model cannot judge gets an ``error`` row with the reason.
+
+    Args:
+        model: The exported model.
+        path: Image file.
+        relative: ``path`` relative to the source folder: the row's name and the figure's place under ``out/images``.
+        out: Output folder.
+
+    Returns:
+        The image's row of ``predictions.csv``.
+
+    """
     item = None
     try:
         reason = unusable_reason(path, model.input_size)
@@ -150,7 +244,19 @@ def predict_file(model: ExportedModel, path: Path, relative: Path, out: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 if any image could not be read."""
+    """Command-line entry point of ``python -m anomalib_dhkd.predict``.
+
+    Args:
+        argv: Arguments without the program name. Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        Exit status: 1 if any image could not be scored, else 0.
+
+    Raises:
+        SystemExit: With status 2, before any image is scored, if the model, the images or a writable output folder
+            is missing, or the model file is of a kind it cannot run.
+
+    """
     parser = argparse.ArgumentParser(prog="python -m anomalib_dhkd.predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="exported model: OpenVINO .xml or .onnx")
     parser.add_argument("source", type=Path, help="an image or a folder of images (searched recursively)")
@@ -159,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         predictions = run(args.model, args.source, args.out, args.runtime)
-    except (FileNotFoundError, PermissionError) as error:
+    except (FileNotFoundError, PermissionError, ValueError) as error:  # ValueError: a model file it cannot run
         parser.exit(2, f"error: {error}\n")
     failed = [prediction for prediction in predictions if prediction.error]
     anomalous = sum(prediction.label == "anomalous" for prediction in predictions)

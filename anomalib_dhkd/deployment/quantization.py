@@ -3,13 +3,15 @@
 Models like DHKD put a density model (a normalizing flow) on top of a frozen CNN encoder. NNCF can quantise the
 encoder's convolutions well, but INT8 rounding inside the flow, the student or the score post-processing
 destroys the anomaly scores. This module finds the encoder in an exported OpenVINO graph, as every node upstream
-of the per-scale feature taps, and builds the NNCF ignored scope that keeps everything else in FP32.
+of the per-scale feature taps, and builds the NNCF ignored scope that keeps everything else in FP32. The model
+README's "Export" section gives the measurements behind this split.
 
 Example:
-    >>> import nncf, openvino
+    >>> import nncf, openvino  # doctest: +SKIP
     >>> model = openvino.Core().read_model("weights/openvino/model.xml")  # doctest: +SKIP
     >>> scope = encoder_only_scope(model, tap_name="batch_norm", num_taps=3)  # doctest: +SKIP
-    >>> nncf.quantize(model, calibration_dataset, ignored_scope=scope)  # doctest: +SKIP
+    >>> dataset = calibration_dataset(model, datamodule)  # doctest: +SKIP
+    >>> int8_model = nncf.quantize(model, dataset, ignored_scope=scope)  # doctest: +SKIP
 
 """
 
@@ -27,7 +29,16 @@ CONSTANT_TYPES = frozenset({"Constant", "Parameter", "Result"})
 
 
 def feature_taps(model: Any, tap_name: str) -> list[Any]:
-    """Ops whose name contains ``tap_name`` and none of whose inputs does: the first op of each feature tap."""
+    """Ops whose name contains ``tap_name`` and none of whose inputs does: the first op of each feature tap.
+
+    Args:
+        model: OpenVINO model (``openvino.Model``).
+        tap_name: Substring of the friendly names of the ops that take the encoder's features.
+
+    Returns:
+        The first op of each tap, in the graph's topological order.
+
+    """
 
     def is_tap(op: Any) -> bool:
         return tap_name in op.get_friendly_name()
@@ -40,7 +51,15 @@ def feature_taps(model: Any, tap_name: str) -> list[Any]:
 
 
 def upstream_names(ops: list[Any]) -> set[str]:
-    """Friendly names of ``ops`` and of every op they depend on."""
+    """Friendly names of ``ops`` and of every op they depend on.
+
+    Args:
+        ops: OpenVINO ops (``openvino.Node``) to start from.
+
+    Returns:
+        The names of ``ops`` and of all their transitive inputs, constants included.
+
+    """
     names, stack = set(), list(ops)
     while stack:
         op = stack.pop()
@@ -65,6 +84,9 @@ def encoder_only_scope(model: Any, tap_name: str, num_taps: int) -> Any:
             feature standardisation); the ops upstream of them, the taps excluded, are quantised.
         num_taps: How many feature taps the model has; finding none or more means the graph was not read
             correctly.
+
+    Returns:
+        ``nncf.IgnoredScope`` naming every op outside the encoder (constants, parameters and results left out).
 
     Raises:
         ValueError: If no tap or more than ``num_taps`` taps are found.
@@ -102,6 +124,14 @@ def calibration_dataset(model: Any, datamodule: AnomalibDataModule) -> Any:
 
     anomalib's own calibration feeds the images at their stored size, which a model exported with
     ``input_size`` rejects.
+
+    Args:
+        model: OpenVINO model (``openvino.Model``) to be quantised.
+        datamodule: Datamodule whose validation images calibrate the quantisation; it is set up here.
+
+    Returns:
+        ``nncf.Dataset`` yielding ``float32`` batches as the exported model takes them.
+
     """
     import nncf
 

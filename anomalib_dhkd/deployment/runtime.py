@@ -26,29 +26,80 @@ from torch.nn import functional
 
 
 class ExportedModel(Protocol):
-    """An exported model ready to run: call it on a batch; ``input_size`` is its fixed ``(H, W)`` or ``None``."""
+    """An exported model ready to run: call it on a batch; ``input_size`` is its fixed ``(H, W)`` or ``None``.
+
+    :class:`OpenVinoModel` and :class:`OnnxRuntimeModel` implement it; :func:`load_exported` picks one.
+
+    Attributes:
+        input_size: The ``(H, W)`` the model was exported with (``--input_size``), or ``None`` if it takes any size.
+
+    """
 
     input_size: tuple[int, int] | None
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch; outputs are keyed by name."""
+        """Run one batch; outputs are keyed by name.
+
+        Args:
+            images: ``float32`` images in ``[0, 1]`` of shape ``(N, 3, H, W)``, at ``input_size`` if it is fixed.
+
+        Returns:
+            ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask`` by name.
+
+        """
         ...
 
 
 def fixed_size(shape: list[object]) -> tuple[int, int] | None:
-    """``(H, W)`` of an ``(N, C, H, W)`` input shape whose last two sizes are integers, else ``None`` (dynamic)."""
+    """``(H, W)`` of an ``(N, C, H, W)`` input shape whose last two sizes are integers, else ``None`` (dynamic).
+
+    Args:
+        shape: Input shape as a runtime reports it; a dynamic size is a name or ``None``.
+
+    Returns:
+        The fixed spatial size, or ``None`` if the height or width is dynamic.
+
+    Example:
+        >>> fixed_size([1, 3, 256, 256])
+        (256, 256)
+        >>> fixed_size(["batch", 3, "height", "width"]) is None
+        True
+
+    """
     height, width = shape[2], shape[3]
     return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
 
 def openvino_input_size(model: Any) -> tuple[int, int] | None:
-    """Return the fixed ``(H, W)`` of an OpenVINO (compiled) model's first input, else ``None``."""
+    """Return the fixed ``(H, W)`` of an OpenVINO (compiled) model's first input, else ``None``.
+
+    Args:
+        model: ``openvino.Model`` or ``openvino.CompiledModel``.
+
+    Returns:
+        The fixed spatial size, or ``None`` if the height or width is dynamic.
+
+    """
     shape = model.input(0).get_partial_shape()
     return fixed_size([dim.get_length() if dim.is_static else None for dim in shape])
 
 
 def resize_to_input(images: torch.Tensor, input_size: tuple[int, int] | None) -> torch.Tensor:
-    """Resize an ``(N, 3, H, W)`` batch to a model's fixed input size (bilinear, antialiased); ``None`` keeps it."""
+    """Resize an ``(N, 3, H, W)`` batch to a model's fixed input size (bilinear, antialiased); ``None`` keeps it.
+
+    Args:
+        images: Batch of shape ``(N, 3, H, W)``.
+        input_size: The model's fixed ``(H, W)``, or ``None`` for a model with a dynamic input size.
+
+    Returns:
+        The batch at ``input_size``; ``images`` itself when no resize is needed.
+
+    Example:
+        >>> import torch
+        >>> resize_to_input(torch.rand(2, 3, 300, 400), (256, 256)).shape
+        torch.Size([2, 3, 256, 256])
+
+    """
     if input_size is None or tuple(images.shape[-2:]) == input_size:
         return images
     return functional.interpolate(images, size=input_size, mode="bilinear", antialias=True)
@@ -63,6 +114,11 @@ class OpenVinoModel:
             torch; ``"bf16"``/``"f16"`` are faster on CPUs that support them. INT8 models stay INT8 either way.
         threads: CPU threads for inference; ``None`` lets OpenVINO decide.
 
+    Example:
+        >>> model = OpenVinoModel("results/weights/openvino/model.xml", threads=2)  # doctest: +SKIP
+        >>> model.input_size  # doctest: +SKIP
+        (256, 256)
+
     """
 
     def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None) -> None:
@@ -75,7 +131,15 @@ class OpenVinoModel:
         self.input_size = openvino_input_size(self.compiled)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch; outputs are keyed by name."""
+        """Run one batch; outputs are keyed by name.
+
+        Args:
+            images: ``float32`` images in ``[0, 1]`` of shape ``(N, 3, H, W)``, at ``input_size`` if it is fixed.
+
+        Returns:
+            ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask`` by name.
+
+        """
         result = self.compiled(images)
         return {port.get_any_name(): np.asarray(value) for port, value in result.items()}
 
@@ -86,6 +150,11 @@ class OnnxRuntimeModel:
     Args:
         path: ``.onnx`` file (external ``.onnx.data`` weights beside it are found automatically).
         threads: Intra-op threads; ``None`` lets ONNX Runtime decide.
+
+    Example:
+        >>> model = OnnxRuntimeModel("results/weights/onnx/model.onnx")  # doctest: +SKIP
+        >>> sorted(model(images))  # doctest: +SKIP
+        ['anomaly_map', 'pred_label', 'pred_mask', 'pred_score']
 
     """
 
@@ -101,7 +170,15 @@ class OnnxRuntimeModel:
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch; outputs are keyed by name."""
+        """Run one batch; outputs are keyed by name.
+
+        Args:
+            images: ``float32`` images in ``[0, 1]`` of shape ``(N, 3, H, W)``, at ``input_size`` if it is fixed.
+
+        Returns:
+            ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask`` by name.
+
+        """
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: images}), strict=True))
 
 
@@ -117,9 +194,17 @@ def load_exported(
         precision: OpenVINO inference precision hint. ``"f32"`` by default: OpenVINO's own default on CPUs with
             bfloat16 support is ``bf16``, which changes DHKD's scores (see ``benchmarks/deployment.py``).
 
+    Returns:
+        The model, ready to call on ``float32`` batches of shape ``(N, 3, H, W)``.
+
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file type or runtime is not supported.
+
+    Example:
+        >>> model = load_exported("results/weights/onnx/model.onnx", threads=2)  # doctest: +SKIP
+        >>> model.input_size  # doctest: +SKIP
+        (256, 256)
 
     """
     path = Path(path)

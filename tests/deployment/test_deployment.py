@@ -256,3 +256,15 @@ def test_predict_refuses_images_it_cannot_judge_and_keeps_rows_when_interrupted(
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(model_path), str(folder), "--out", str(not_a_folder / "out")])
     assert exit_info.value.code == 2
+
+
+def test_predict_names_a_model_file_it_cannot_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from anomalib_dhkd.deployment import predict
+
+    source = sorted((shared_category("hazelnut_toy", "hazelnut") / "hazelnut" / "test" / "good").glob("*.png"))[0]
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"not an exported model")
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(weights), str(source), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "error: Cannot run model.pt with runtime" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from anomalib.models.components import AnomalibModule
 
 from anomalib_dhkd.deployment.runtime import load_exported
 from anomalib_dhkd.models import MODELS
-from tests.conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_dhkd
+from tests.conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_asymmetric_ts, tiny_dhkd
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,11 @@ class FamilyModel:
 
     build: Callable[..., AnomalibModule]
     cli_arguments: tuple[str, ...]
+    one_epoch: tuple[tuple[str, object], ...] = ()  # further arguments of a one-epoch run (schedules)
+
+    def cli_one_epoch(self) -> list[str]:
+        """The ``anomalib train`` arguments of a one-epoch run."""
+        return ["--model.max_epochs=1", *(f"--model.{name}={str(value).lower()}" for name, value in self.one_epoch)]
 
 
 FAMILY = {
@@ -42,6 +47,11 @@ FAMILY = {
             "--model.teacher.blocks=2",
             "--model.teacher.condition_channels=8",
         ),
+        one_epoch=(("teacher_warmup_epochs", 0), ("freeze_teacher", False)),
+    ),
+    "AsymmetricTs": FamilyModel(
+        tiny_asymmetric_ts,
+        ("--model.backbone=tf_efficientnet_lite0", "--model.pre_trained=false"),
     ),
 }
 
@@ -57,7 +67,8 @@ def trained(
     """``(name, engine, model, datamodule)``: each family model fitted for one epoch on the synthetic textures."""
     torch.manual_seed(0)
     engine = Engine(default_root_dir=tmp_path_factory.mktemp("contract"), logger=False, enable_progress_bar=False)
-    model = FAMILY[request.param].build(max_epochs=1, teacher_warmup_epochs=0, freeze_teacher=False)
+    family_model = FAMILY[request.param]
+    model = family_model.build(max_epochs=1, **dict(family_model.one_epoch))
     data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
     engine.fit(model=model, datamodule=data)
     return request.param, engine, model, data
@@ -116,7 +127,7 @@ def test_unknown_layer_names_the_valid_ones(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_cli_trains_one_epoch(name: str, texture_root: Path, tmp_path: Path) -> None:
     command = [anomalib_cli(), "train", "--model", name, *FAMILY[name].cli_arguments]
-    command += ["--model.max_epochs=1", "--model.teacher_warmup_epochs=0", "--model.freeze_teacher=false"]
+    command += FAMILY[name].cli_one_epoch()
     command += ["--data", "anomalib.data.MVTecAD", "--data.root", str(texture_root), "--data.category", "brick"]
     command += ["--data.num_workers", "0", "--default_root_dir", str(tmp_path), "--seed_everything", "0"]
     result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})

@@ -4,6 +4,10 @@ anomalib's :class:`~anomalib.models.components.TimmFeatureExtractor` drops a lay
 with only a warning; a model silently trained on fewer scales than configured is worse than an error. The layer
 names, their channels and their strides come from timm's ``feature_info``, read on the ``meta`` device so that no
 weights are allocated (0.08 s instead of 0.9 s for ``wide_resnet50_2``).
+
+In DHKD ("Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge Distillation") the
+frozen encoder's features are what the flow teacher models and the student denoises, one teacher-student pair per
+layer (model README, "Architecture as built").
 """
 
 from collections.abc import Sequence
@@ -20,7 +24,19 @@ DEFAULT_STRIDES = (4, 8, 16)
 
 
 def feature_layers(backbone: str) -> list[tuple[str, int]]:
-    """``(name, stride)`` of each feature layer timm exposes for ``backbone``, shallowest first."""
+    """``(name, stride)`` of each feature layer timm exposes for ``backbone``, shallowest first.
+
+    Args:
+        backbone: timm model name.
+
+    Returns:
+        The layer names as :class:`~anomalib.models.components.TimmFeatureExtractor` takes them, with their strides.
+
+    Example:
+        >>> feature_layers("tf_efficientnet_lite0")
+        [('blocks.0', 2), ('blocks.1', 4), ('blocks.2', 8), ('blocks.4', 16), ('blocks.6', 32)]
+
+    """
     with torch.device("meta"):
         info = timm.create_model(backbone, features_only=True, pretrained=False).feature_info
     return list(zip(info.module_name(), info.reduction(), strict=True))
@@ -29,12 +45,21 @@ def feature_layers(backbone: str) -> list[tuple[str, int]]:
 def default_layers(backbone: str, strides: Sequence[int] = DEFAULT_STRIDES) -> list[str]:
     """Return the deepest feature layer of ``backbone`` at each of ``strides`` (``layer1``-``layer3`` of a ResNet).
 
-    Example:
-        >>> default_layers("tf_efficientnet_lite0")
-        ['blocks.1', 'blocks.2', 'blocks.4']
+    Args:
+        backbone: timm model name.
+        strides: Strides to take a layer at. Defaults to ``(4, 8, 16)``.
+
+    Returns:
+        One layer name per stride, in the order of ``strides``.
 
     Raises:
         ValueError: If the backbone has no feature layer at one of the strides.
+
+    Example:
+        >>> default_layers("tf_efficientnet_lite0")
+        ['blocks.1', 'blocks.2', 'blocks.4']
+        >>> default_layers("resnet18")
+        ['layer1', 'layer2', 'layer3']
 
     """
     deepest = {stride: name for name, stride in feature_layers(backbone)}
@@ -46,7 +71,20 @@ def default_layers(backbone: str, strides: Sequence[int] = DEFAULT_STRIDES) -> l
 
 
 def encoder_layer_names(layers: Sequence[str], extra_layers: Sequence[str]) -> list[str]:
-    """Layers an encoder extracts: ``layers``, then the ``extra_layers`` not among them."""
+    """Layers an encoder extracts: ``layers``, then the ``extra_layers`` not among them.
+
+    Args:
+        layers: The model's main layers (its anomaly map's).
+        extra_layers: Further layers some part of the model needs (score-only layers).
+
+    Returns:
+        The union without duplicates, ``layers`` first.
+
+    Example:
+        >>> encoder_layer_names(["blocks.2", "blocks.4"], ["blocks.4", "blocks.6"])
+        ['blocks.2', 'blocks.4', 'blocks.6']
+
+    """
     return list(dict.fromkeys([*layers, *extra_layers]))
 
 
@@ -56,9 +94,23 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
     timm returns features in depth order whatever the order of the names, so the layers are sorted by depth here.
     Pretrained weights that cannot be fetched (an offline machine) end in one line saying what to do instead.
 
+    Args:
+        backbone: timm model name.
+        layers: Names of the feature layers to extract, in any order.
+        pre_trained: Load the backbone's ImageNet weights (from the Hugging Face cache when offline).
+
+    Returns:
+        The frozen extractor; called on images it returns a dictionary of feature maps keyed by layer name.
+
     Raises:
         ValueError: If the backbone has no feature layer of one of the names, listing the valid ones.
         RuntimeError: If the ImageNet weights cannot be loaded.
+
+    Example:
+        >>> import torch
+        >>> encoder = build_encoder("resnet18", ["layer2", "layer1"], pre_trained=False)
+        >>> {name: tuple(f.shape) for name, f in encoder(torch.rand(1, 3, 64, 64)).items()}
+        {'layer1': (1, 64, 16, 16), 'layer2': (1, 128, 8, 8)}
 
     """
     available = [name for name, _ in feature_layers(backbone)]
@@ -84,6 +136,18 @@ def backbone_pre_processor(backbone: str, image_size: tuple[int, int] | None = N
 
     ``tf_efficientnet_lite0`` was trained on inputs scaled to ``[-1, 1]`` (mean and std 0.5), not with ImageNet's
     statistics, which anomalib's default pre-processor uses for every backbone.
+
+    Args:
+        backbone: timm model name; a backbone without a pretrained configuration gets ImageNet's mean and std.
+        image_size: ``(H, W)`` the images are resized to. Defaults to ``(256, 256)``.
+
+    Returns:
+        A pre-processor for the model's ``pre_processor`` argument.
+
+    Example:
+        >>> backbone_pre_processor("tf_efficientnet_lite0").transform.transforms[-1]
+        Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], inplace=False)
+
     """
     config = timm.get_pretrained_cfg(backbone)
     mean, std = (config.mean, config.std) if config else IMAGENET_MEAN_STD

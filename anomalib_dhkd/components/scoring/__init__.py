@@ -1,6 +1,11 @@
 """Scoring: per-layer teacher-student features to an anomaly map and an image score, fitted on normal images."""
 
-from anomalib_dhkd.components.scoring.discrepancy import coherence_windows, discrepancy_coherence, squared_discrepancy
+from anomalib_dhkd.components.scoring.discrepancy import (
+    coherence_windows,
+    discrepancy_coherence,
+    normalized_discrepancy,
+    squared_discrepancy,
+)
 from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion, top_fraction_mean
 from anomalib_dhkd.components.scoring.global_statistics import GaussianDistance, channel_statistics, vector_moments
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments, mean_and_std
@@ -22,6 +27,7 @@ __all__ = [
     "discrepancy_coherence",
     "map_moments",
     "mean_and_std",
+    "normalized_discrepancy",
     "squared_discrepancy",
     "top_fraction_mean",
     "vector_moments",

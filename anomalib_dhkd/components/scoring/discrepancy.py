@@ -9,6 +9,21 @@ def squared_discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (student - teacher).pow(2).mean(dim=1, keepdim=True)
 
 
+def normalized_discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-position ``0.5 * ||S / |S| - T / |T|||^2`` over channels, ``(N, 1, H, W)``, in ``[0, 2]``.
+
+    STFPM's layer map (Wang et al., "Student-Teacher Feature Pyramid Matching for Anomaly Detection", BMVC 2021,
+    Sec. 3.3): features are compared by direction only, so layers of different magnitudes share one scale.
+
+    Example:
+        >>> teacher = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+        >>> normalized_discrepancy(-teacher, teacher).flatten(), normalized_discrepancy(3 * teacher, teacher).flatten()
+        (tensor([2.]), tensor([0.]))
+
+    """
+    return 0.5 * (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(dim=1, keepdim=True)
+
+
 def discrepancy_coherence(residual: torch.Tensor, window: int) -> torch.Tensor:
     """Share of the discrepancy in each ``window`` x ``window`` neighbourhood that is spatially coherent.
 

@@ -1,9 +1,10 @@
 """Dual-domain (spatial + frequency) reconstruction block.
 
-The DHKD student reconstructs clean teacher targets from noisy features with blocks that see the feature map in
-two domains: a local spatial convolution branch and a global frequency branch that filters the 2-D spectrum. A
-frequency-domain filter has a receptive field of the whole map, so it restores structure (periodic texture,
-global shape) that a stack of small convolutions cannot see.
+The student of DHKD ("Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge
+Distillation") is trained to denoise (Sec. 3.2 of the paper): it reconstructs clean teacher targets from noisy
+features. Its dual-domain blocks see the feature map in two domains: a local spatial convolution branch and a
+global frequency branch that filters the 2-D spectrum. A frequency-domain filter has a receptive field of the whole
+map, so it restores structure (periodic texture, global shape) that a stack of small convolutions cannot see.
 
 The paper does not specify the frequency filter. We use a learnable point-wise (1x1) convolution over the stacked
 real and imaginary parts of the spectrum, as in Fast Fourier Convolutions: it works for any feature-map size (a
@@ -29,6 +30,10 @@ class DenoisingStudentConfig:
         noise_correlation: Spatial correlation length of that noise in feature cells; ``0``: independent at every
             position (:func:`~anomalib_dhkd.components.noise.add_feature_noise`).
 
+    Example:
+        >>> DenoisingStudentConfig(blocks=1, noise_correlation=0.0)
+        DenoisingStudentConfig(blocks=1, noise_level=0.5, noise_correlation=0.0)
+
     """
 
     blocks: int = 2
@@ -42,6 +47,11 @@ class FrequencyFilter(nn.Module):
     Args:
         channels: Number of feature channels.
 
+    Example:
+        >>> import torch
+        >>> FrequencyFilter(channels=8)(torch.randn(2, 8, 12, 15)).shape
+        torch.Size([2, 8, 12, 15])
+
     """
 
     def __init__(self, channels: int) -> None:
@@ -53,7 +63,15 @@ class FrequencyFilter(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Filter ``features`` of shape ``(N, C, H, W)`` in the frequency domain."""
+        """Filter ``features`` in the frequency domain.
+
+        Args:
+            features: Feature map of shape ``(N, C, H, W)``, any ``H`` and ``W``.
+
+        Returns:
+            The filtered map, same shape.
+
+        """
         size = (features.shape[-2], features.shape[-1])
         real, imag = rfft2(features)
         real, imag = self.spectral_mixer(torch.cat([real, imag], dim=1)).chunk(2, dim=1)
@@ -68,6 +86,13 @@ class DualDomainBlock(nn.Module):
 
     Args:
         channels: Number of feature channels (input and output).
+
+    Example:
+        >>> import torch
+        >>> block = DualDomainBlock(channels=8)
+        >>> features = torch.randn(2, 8, 16, 16)
+        >>> torch.equal(block(features), features)  # the identity until trained
+        True
 
     """
 
@@ -84,7 +109,15 @@ class DualDomainBlock(nn.Module):
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the reconstructed features, same shape as the input."""
+        """Return the reconstructed features.
+
+        Args:
+            features: Feature map of shape ``(N, C, H, W)``.
+
+        Returns:
+            The input plus the fused output of both branches, same shape.
+
+        """
         fused = self.fuse(torch.cat([self.spatial(features), self.frequency(features)], dim=1))
         return features + fused
 
@@ -97,6 +130,12 @@ class DualDomainStudent(nn.Module):
         num_blocks: Number of :class:`DualDomainBlock` layers.
         hidden_channels: Width of the blocks; defaults to ``channels``.
 
+    Example:
+        >>> import torch
+        >>> student = DualDomainStudent(channels=16, num_blocks=1)
+        >>> student(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 16, 8, 8])
+
     """
 
     def __init__(self, channels: int, num_blocks: int = 2, hidden_channels: int | None = None) -> None:
@@ -107,5 +146,13 @@ class DualDomainStudent(nn.Module):
         self.head = nn.Sequential(nn.GELU(), nn.Conv2d(hidden_channels, channels, kernel_size=1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Predict the teacher representation from (possibly noisy) ``features`` of shape ``(N, C, H, W)``."""
+        """Predict the teacher representation from (possibly noisy) features.
+
+        Args:
+            features: Standardised encoder features of shape ``(N, C, H, W)``, noisy during training.
+
+        Returns:
+            The predicted teacher representation, same shape.
+
+        """
         return self.head(self.blocks(self.stem(features)))

@@ -1,5 +1,9 @@
 """Two-dimensional real FFT with an export-friendly fallback.
 
+They serve the frequency branch of the student's dual-domain block in DHKD ("Unsupervised Image Anomaly Detection
+with Denoised Heterogeneous Networks via Knowledge Distillation"; see
+:mod:`~anomalib_dhkd.components.students.dual_domain`).
+
 Eager PyTorch uses :func:`torch.fft.rfft2` / :func:`torch.fft.irfft2`. While the model is being traced for export
 (``torch.compiler.is_compiling()``), the same transforms run as a discrete Fourier transform by matrix
 multiplication with cosine and sine matrices. The two paths agree to float precision; the matrix path lowers to
@@ -27,6 +31,21 @@ def rfft2_matmul(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     With ``x`` real, a real DFT along the width (``Y = x C_w - i x S_w``) followed by a full DFT along the height
     (``X = (C_h - i S_h) Y``) gives ``Re X = C_h Yr + S_h Yi`` and ``Im X = C_h Yi - S_h Yr``.
+
+    Args:
+        features: Real tensor of shape ``(..., H, W)``.
+
+    Returns:
+        Real and imaginary parts of the spectrum, each of shape ``(..., H, W // 2 + 1)``.
+
+    Example:
+        >>> import torch
+        >>> features = torch.randn(2, 3, 6, 7)
+        >>> real, imag = rfft2_matmul(features)
+        >>> spectrum = torch.fft.rfft2(features, norm="ortho")
+        >>> torch.allclose(real, spectrum.real, atol=1e-5), torch.allclose(imag, spectrum.imag, atol=1e-5)
+        (True, True)
+
     """
     height, width = features.shape[-2:]
     cos_w, sin_w = _dft_matrices(width, width // 2 + 1, features)
@@ -44,6 +63,21 @@ def irfft2_matmul(real: torch.Tensor, imag: torch.Tensor, size: tuple[int, int])
 
     The inverse DFT along the height is complex; the inverse real DFT along the width weights each frequency by
     its Hermitian multiplicity (1 for the DC and Nyquist bins, 2 otherwise) and drops their imaginary parts.
+
+    Args:
+        real: Real part of the spectrum, shape ``(..., H, W // 2 + 1)``.
+        imag: Imaginary part of the spectrum, same shape.
+        size: Spatial size ``(H, W)`` of the output; ``W`` tells an odd width from an even one.
+
+    Returns:
+        Real tensor of shape ``(..., H, W)``.
+
+    Example:
+        >>> import torch
+        >>> features = torch.randn(2, 3, 6, 7)
+        >>> torch.allclose(irfft2_matmul(*rfft2_matmul(features), (6, 7)), features, atol=1e-5)
+        True
+
     """
     height, width = size
     num_frequencies = real.shape[-1]
@@ -60,7 +94,21 @@ def irfft2_matmul(real: torch.Tensor, imag: torch.Tensor, size: tuple[int, int])
 
 
 def rfft2(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthonormal real 2-D FFT of ``features`` (``..., H, W``) as a ``(real, imag)`` pair."""
+    """Orthonormal real 2-D FFT of ``features`` (``..., H, W``) as a ``(real, imag)`` pair.
+
+    Args:
+        features: Real tensor of shape ``(..., H, W)``.
+
+    Returns:
+        Real and imaginary parts of the spectrum, each of shape ``(..., H, W // 2 + 1)``.
+
+    Example:
+        >>> import torch
+        >>> real, imag = rfft2(torch.randn(2, 3, 8, 8))
+        >>> real.shape, imag.shape
+        (torch.Size([2, 3, 8, 5]), torch.Size([2, 3, 8, 5]))
+
+    """
     if torch.compiler.is_compiling():
         return rfft2_matmul(features)
     spectrum = torch.fft.rfft2(features, norm="ortho")
@@ -68,7 +116,23 @@ def rfft2(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def irfft2(real: torch.Tensor, imag: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`rfft2`, returning a real tensor of spatial ``size``."""
+    """Inverse of :func:`rfft2`, returning a real tensor of spatial ``size``.
+
+    Args:
+        real: Real part of the spectrum, shape ``(..., H, W // 2 + 1)``.
+        imag: Imaginary part of the spectrum, same shape.
+        size: Spatial size ``(H, W)`` of the output.
+
+    Returns:
+        Real tensor of shape ``(..., H, W)``.
+
+    Example:
+        >>> import torch
+        >>> features = torch.randn(2, 3, 8, 9)
+        >>> torch.allclose(irfft2(*rfft2(features), (8, 9)), features, atol=1e-5)
+        True
+
+    """
     if torch.compiler.is_compiling():
         return irfft2_matmul(real, imag, size)
     return torch.fft.irfft2(torch.complex(real, imag), s=size, norm="ortho")

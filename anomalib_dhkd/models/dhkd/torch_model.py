@@ -18,11 +18,9 @@ Pipeline, per layer ``k`` of a frozen timm encoder:
     map and score: DiscrepancyScorer(T, S) with d_k = mean_c (S_k - T_k)^2 (anomaly_map.py)
 """
 
-from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
-from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_dhkd.components.encoders import build_encoder, encoder_layer_names
@@ -32,6 +30,7 @@ from anomalib_dhkd.components.students import DenoisingStudentConfig, DualDomain
 from anomalib_dhkd.components.teachers import ConvFlow, FlowTeacherConfig
 from anomalib_dhkd.models.dhkd.anomaly_map import dhkd_scorer
 from anomalib_dhkd.models.dhkd.loss import check_something_trains
+from anomalib_dhkd.models.network import TeacherStudentNetwork
 
 # State-dict prefixes of the scoring modules before they moved into the scorer.
 LEGACY_SCORING_PREFIXES = {
@@ -62,7 +61,7 @@ def flow_condition_channels(channels: int, condition_channels: int) -> int:
     return min(condition_channels, channels - channels % 4)
 
 
-class DhkdModel(nn.Module):
+class DhkdModel(TeacherStudentNetwork):
     """DHKD network: frozen encoder, per-layer flow teachers and dual-domain denoising students.
 
     Args:
@@ -144,6 +143,15 @@ class DhkdModel(nn.Module):
 
     def training_outputs(
         self,
+        images: torch.Tensor,
+        train_teacher: bool = True,
+        train_student: bool = True,
+    ) -> DhkdTrainingOutput:
+        """Per-layer teacher and student outputs of a batch of normal images (:meth:`distillation_outputs`)."""
+        return self.distillation_outputs(self.extract_features(images), train_teacher, train_student)
+
+    def distillation_outputs(
+        self,
         features: list[torch.Tensor],
         train_teacher: bool = True,
         train_student: bool = True,
@@ -198,38 +206,6 @@ class DhkdModel(nn.Module):
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
         return ScoringInput(latents, predictions, images.shape[-2:])
-
-    @torch.no_grad()
-    def fit_normal_statistics(
-        self,
-        images: Callable[[], Iterable[torch.Tensor]],
-        sum_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        """Fit the scorer's statistics of normal images in inference passes over the training images.
-
-        Args:
-            images: Returns a fresh iterable of batches ``(N, 3, H, W)`` of normal (pre-processed) training images,
-                at the size the model will be run at, once per pass.
-            sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
-
-        """
-        was_training = self.training
-        self.eval()  # the feature norms must not update their running statistics here
-        try:
-            self.scorer.fit(lambda: (self.scoring_input(batch) for batch in images()), sum_across_processes)
-        finally:
-            self.train(was_training)
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        train_teacher: bool = True,
-        train_student: bool = True,
-    ) -> DhkdTrainingOutput | InferenceBatch:
-        """Per-layer training outputs in training mode (:meth:`training_outputs`), else map and image score."""
-        if self.training:
-            return self.training_outputs(self.extract_features(images), train_teacher, train_student)
-        return self.scorer(self.scoring_input(images))
 
 
 def _rename_legacy_scoring_keys(state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:

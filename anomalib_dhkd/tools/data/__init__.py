@@ -7,8 +7,9 @@ package stays cheap and never imports torch.
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib_dhkd.tools.data import generate_texture_dataset
-    >>> generate_texture_dataset("./datasets/textures", category="brick")
-    >>> datamodule = MVTecAD(root="./datasets/textures", category="brick")
+    >>> generate_texture_dataset("./datasets/textures", category="brick")  # doctest: +SKIP
+    PosixPath('datasets/textures/brick')
+    >>> datamodule = MVTecAD(root="./datasets/textures", category="brick")  # doctest: +SKIP
 
 """
 

@@ -33,13 +33,13 @@ Example:
     >>> from anomalib_dhkd.tools.data import generate_texture_dataset
 
     >>> root = Path("./datasets/textures")
-    >>> generate_texture_dataset(root, category="brick")
+    >>> generate_texture_dataset(root, category="brick")  # doctest: +SKIP
     PosixPath('datasets/textures/brick')
-    >>> datamodule = MVTecAD(root=root, category="brick")
+    >>> datamodule = MVTecAD(root=root, category="brick")  # doctest: +SKIP
 
 The same from the command line::
 
-    python -m anomalib_dhkd.data.synthetic --root ./datasets/textures --category brick
+    python -m anomalib_dhkd.tools.data.synthetic --root ./datasets/textures --category brick
 
 """
 
@@ -118,6 +118,14 @@ class TextureDatasetSpec:
         num_test_defect (int): Number of defective test images, spread over :data:`DEFECT_TYPES`.
         seed (int): Seed of the random generators.
 
+    Raises:
+        ValueError: If the category is unknown, the images are smaller than 32 px, or a count or the seed is
+            negative.
+
+    Example:
+        >>> TextureDatasetSpec(num_test_defect=5).counts()["test/scratch"]  # defects are assigned in turn
+        2
+
     """
 
     category: str = "brick"
@@ -139,7 +147,13 @@ class TextureDatasetSpec:
             raise ValueError(msg)
 
     def counts(self) -> dict[str, int]:
-        """Return the number of PNG files expected in each folder of the dataset."""
+        """Return the number of PNG files expected in each folder of the dataset.
+
+        Returns:
+            ``{"train/good": n, "test/good": n, "test/<defect>": n, "ground_truth/<defect>": n, ...}``; a defect type
+            with no image has no folder.
+
+        """
         counts = {"train/good": self.num_train, "test/good": self.num_test_good}
         for defect_index, defect_type in enumerate(DEFECT_TYPES):
             num_images = len(range(defect_index, self.num_test_defect, len(DEFECT_TYPES)))
@@ -179,6 +193,10 @@ def load_texture(category: str) -> FloatImage:
 
     Returns:
         FloatImage: The photograph, shape ``(H, W)``.
+
+    Example:
+        >>> load_texture("brick").shape
+        (512, 512)
 
     """
     photo = np.asarray(TEXTURES[category]())
@@ -386,6 +404,15 @@ def compose(clean: GrayImage, target: FloatImage, mask: Mask) -> GrayImage:
     Returns:
         GrayImage: The defective image.
 
+    Example:
+        >>> clean = np.full((3, 3), 100, dtype=np.uint8)
+        >>> mask = np.zeros((3, 3), dtype=bool)
+        >>> mask[1, 1] = True
+        >>> compose(clean, np.full((3, 3), 102.0), mask)  # a 2-level change is pushed to 6, outside stays
+        array([[100, 100, 100],
+               [100, 106, 100],
+               [100, 100, 100]], dtype=uint8)
+
     """
     base = clean.astype(np.float64)
     delta = np.round(np.clip(target, 0.0, 255.0)) - base
@@ -413,6 +440,16 @@ def apply_defect(
     Returns:
         tuple[GrayImage, Mask]: The defective image and its mask; ``(image != clean) == mask``.
 
+    Raises:
+        ValueError: If ``defect_type`` is unknown, or it is ``"patch"`` and no ``donor`` is given.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> clean = jitter_brightness(sample_crop(load_texture("brick"), rng, 64), rng)
+        >>> image, mask = apply_defect(clean, "hole", rng)
+        >>> bool(((image != clean) == mask).all())
+        True
+
     """
     if defect_type not in _DEFECTS:
         msg = f"Unknown defect type {defect_type!r}, expected one of {DEFECT_TYPES}."
@@ -439,6 +476,11 @@ def iter_samples(spec: TextureDatasetSpec) -> Iterator[Sample]:
 
     Yields:
         Sample: The generated images, train first.
+
+    Example:
+        >>> sample = next(iter_samples(TextureDatasetSpec(image_size=32, num_train=1)))
+        >>> sample.split, sample.label, sample.image.shape
+        ('train', 'good', (32, 32))
 
     """
     photos = {name: load_texture(name) for name in TEXTURES}
@@ -509,6 +551,10 @@ def read_manifest(category_dir: Path) -> dict | None:
     Returns:
         dict | None: The parsed manifest.
 
+    Example:
+        >>> read_manifest(Path("no/such/category")) is None
+        True
+
     """
     try:
         return json.loads((category_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -578,11 +624,20 @@ def generate_texture_dataset(
         seed (int): Random seed; the same seed gives byte-identical files. Defaults to ``0``.
         overwrite (bool): Regenerate even if a complete dataset exists. Defaults to ``False``.
 
+    Returns:
+        Path: The category folder ``root / category``.
+
     Raises:
         FileExistsError: If the category folder exists, has no manifest and ``overwrite`` is ``False``.
 
-    Returns:
-        Path: The category folder ``root / category``.
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> folder = generate_texture_dataset(root, image_size=64, num_train=2, num_test_good=1, num_test_defect=4)
+        >>> folder.name, len(list((folder / "train" / "good").glob("*.png")))
+        ('brick', 2)
+        >>> is_complete(folder, TextureDatasetSpec(image_size=64, num_train=2, num_test_good=1, num_test_defect=4))
+        True
 
     """
     spec = TextureDatasetSpec(category, image_size, num_train, num_test_good, num_test_defect, seed)

@@ -224,7 +224,7 @@ def test_score_layers_get_their_own_pairs_in_depth_order() -> None:
     assert (model.scorer.map_indices, model.scorer.score_indices) == ([0, 1, 2], [3, 2])
     features = model.extract_features(torch.rand(2, 3, 64, 64))
     assert [f.shape[1] for f in features] == [24, 40, 112, 320]
-    assert len(model.training_outputs(features).student_latents) == 4
+    assert len(model.distillation_outputs(features).student_latents) == 4
     with torch.no_grad():
         inputs = model.eval().scoring_input(torch.rand(2, 3, 64, 64))
     assert [t.shape[1] for t in inputs.teacher] == [s.shape[1] for s in inputs.student] == [24, 40, 112, 320]

@@ -1,0 +1,73 @@
+"""Base torch model of the family: teacher-student features in training, scorer output in evaluation.
+
+Every model of the family is a :class:`TeacherStudentNetwork`: in training mode ``forward`` returns what its loss
+needs (:meth:`~TeacherStudentNetwork.training_outputs`); in evaluation mode the per-layer teacher and student features
+of the images (:meth:`~TeacherStudentNetwork.scoring_input`) go through the network's
+:class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer` (``self.scorer``), which returns an
+:class:`~anomalib.data.InferenceBatch`. The scorer's statistics of normal images are fitted by
+:meth:`~TeacherStudentNetwork.fit_normal_statistics`, which the Lightning base module calls before validation.
+"""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringInput
+
+
+class TeacherStudentNetwork(nn.Module):
+    """A teacher-student network scored by a :class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer`.
+
+    Subclasses build ``self.scorer`` and implement :meth:`training_outputs` and :meth:`scoring_input`.
+    """
+
+    scorer: DiscrepancyScorer
+
+    def training_outputs(self, images: torch.Tensor, **schedule: bool) -> Any:
+        """Return what the model's loss needs from a batch of normal training images.
+
+        Raises:
+            NotImplementedError: In the base class.
+
+        """
+        raise NotImplementedError
+
+    def scoring_input(self, images: torch.Tensor) -> ScoringInput:
+        """Return the per-layer teacher and student features of ``images`` for the scorer.
+
+        Raises:
+            NotImplementedError: In the base class.
+
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fit_normal_statistics(
+        self,
+        images: Callable[[], Iterable[torch.Tensor]],
+        sum_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Fit the scorer's statistics of normal images in inference passes over the training images.
+
+        Args:
+            images: Returns a fresh iterable of batches ``(N, 3, H, W)`` of normal (pre-processed) training images,
+                at the size the model will be run at, once per pass.
+            sum_across_processes: Sums a tensor over distributed processes; ``None`` on a single process.
+
+        """
+        was_training = self.training
+        self.eval()  # normalisation layers must not update their running statistics here
+        try:
+            self.scorer.fit(lambda: (self.scoring_input(batch) for batch in images()), sum_across_processes)
+        finally:
+            self.train(was_training)
+
+    def forward(self, images: torch.Tensor, **schedule: bool) -> Any:
+        """Training outputs in training mode (:meth:`training_outputs`), else an ``InferenceBatch``."""
+        if self.training:
+            return self.training_outputs(images, **schedule)
+        result: InferenceBatch = self.scorer(self.scoring_input(images))
+        return result

@@ -1,0 +1,70 @@
+"""EMAN teacher: running statistics follow the training images by the momentum rule, without gradients."""
+
+import pytest
+import torch
+from torch import nn
+
+from anomalib_dhkd.components.encoders import build_encoder
+from anomalib_dhkd.components.teachers import EmaNormalizedEncoder
+
+
+def small_encoder() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+
+
+def test_statistics_move_by_exactly_the_momentum_rule() -> None:
+    encoder = small_encoder()
+    teacher = EmaNormalizedEncoder(encoder, momentum=0.9).train()
+    norm = encoder[1]
+    before_mean, before_var = norm.running_mean.clone(), norm.running_var.clone()
+    images = torch.rand(3, 3, 10, 10)
+    with torch.no_grad():
+        activations = encoder[0](images)
+    teacher(images)
+    batch_mean = activations.mean(dim=(0, 2, 3))
+    batch_var = activations.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(norm.running_mean, 0.9 * before_mean + 0.1 * batch_mean)
+    torch.testing.assert_close(norm.running_var, 0.9 * before_var + 0.1 * batch_var)
+
+
+def test_the_teacher_normalises_with_running_statistics_and_has_no_gradients() -> None:
+    encoder = small_encoder()
+    teacher = EmaNormalizedEncoder(encoder, momentum=1.0).train()  # momentum 1: statistics fixed
+    images = torch.rand(2, 3, 10, 10, requires_grad=True)
+    output = teacher(images)
+    assert not output.requires_grad
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(not m.training for m in encoder.modules())
+    torch.testing.assert_close(output, encoder.eval()(images).detach())  # BN with running statistics only
+    alone = teacher(images[:1])
+    torch.testing.assert_close(alone, output[:1])  # an image's features do not depend on the batch
+
+
+def test_evaluation_leaves_the_statistics_alone_and_reloads_identically() -> None:
+    teacher = EmaNormalizedEncoder(small_encoder(), momentum=0.5).train()
+    teacher(torch.rand(4, 3, 10, 10))
+    teacher.eval()
+    state = {name: value.clone() for name, value in teacher.state_dict().items()}
+    images = torch.rand(2, 3, 10, 10)
+    expected = teacher(images)
+    assert all(torch.equal(value, teacher.state_dict()[name]) for name, value in state.items())
+    reloaded = EmaNormalizedEncoder(small_encoder(), momentum=0.5)
+    reloaded.load_state_dict(state)
+    torch.testing.assert_close(reloaded.eval()(images), expected, rtol=0, atol=0)
+
+
+def test_timm_batch_norm_act_layers_become_eman_layers() -> None:
+    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.1"], pre_trained=False)
+    teacher = EmaNormalizedEncoder(encoder, momentum=0.5).train()
+    stem_norm = encoder.feature_extractor.bn1  # timm's BatchNormAct2d
+    before = stem_norm.running_mean.clone()
+    teacher(torch.rand(2, 3, 32, 32))
+    assert not torch.equal(stem_norm.running_mean, before)
+
+
+def test_momentum_and_batch_norm_are_checked() -> None:
+    with pytest.raises(ValueError, match="momentum"):
+        EmaNormalizedEncoder(small_encoder(), momentum=1.5)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        EmaNormalizedEncoder(nn.Conv2d(3, 4, 3))
