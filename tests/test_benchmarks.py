@@ -115,6 +115,8 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
     assert "s0: " in table  # per-seed values
     assert "Every run: 64 px, batch 8 (test batch 32)." in table
     assert "CPUs (torch" in table
+    hardest = [line for line in table.splitlines() if line.startswith("- ") and "(seed 0): `" in line]
+    assert len(hardest) == len(MODELS)  # every configuration's hardest images are listed
     for chart in CHARTS:
         assert_image(out / "figures" / chart)
     assert_image(out / "figures" / GALLERY, min_side=400)

@@ -255,6 +255,27 @@ def conditions_lines(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def hardest_lines(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str) -> list[str]:
+    """Each configuration's hardest test images on ``dataset`` (its lowest seed that lists them), one line each."""
+    lines = []
+    for (model, run_dataset, run_track), runs in groups.items():
+        listed = next((run for run in runs if run.get("hardest_images")), None)
+        if (run_dataset, run_track) != (dataset, track) or listed is None:
+            continue
+        images = [
+            f"`{image['image']}` ({'below' if image['defect'] else 'above'} {image['outranked_by']})"
+            for image in listed["hardest_images"]
+        ]
+        lines.append(f"- {model} (seed {listed['settings']['seed']}): {', '.join(images)}")
+    if not lines:
+        return []
+    intro = (
+        "Hardest test images: each configuration's lowest-scored defect images (below how many normal images) and "
+        "highest-scored normal image (above how many defect images); the gallery figure shows their maps."
+    )
+    return ["", intro, "", *lines]
+
+
 def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     """Summary and per-dataset tables of one track, with its footnotes and failures."""
     groups = grouped(records)
@@ -262,6 +283,7 @@ def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     for dataset in ordered(r["dataset"] for r in records):
         if any(d == dataset for _, d, _ in groups):
             lines += ["", f"### {dataset}", "", *dataset_table(groups, dataset, track)]
+            lines += hardest_lines(groups, dataset, track)
     lines += ["", *conditions_lines(records)]
     if any(NO_WEIGHTS_MARK in model_label(r) for r in records):
         lines += ["", NO_WEIGHTS_NOTE]
