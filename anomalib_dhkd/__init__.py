@@ -5,7 +5,8 @@ Importing this package is cheap: the models (and torch) load on first attribute 
 
 Example:
     >>> from anomalib_dhkd import Dhkd
-    >>> model = Dhkd(backbone="tf_efficientnet_lite0")
+    >>> model = Dhkd(backbone="tf_efficientnet_lite0")  # offline ImageNet weights needed  # doctest: +SKIP
+    >>> model = Dhkd(backbone="resnet18", pre_trained=False)  # a random encoder, no weights
 
 """
 

@@ -98,7 +98,10 @@ class _AnomalibModelsFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Install the finder unless disabled, or register right away if ``anomalib.models`` is already imported."""
+    """Install the finder unless disabled, or register right away if ``anomalib.models`` is already imported.
+
+    Idempotent: a second call installs no second finder. ``anomalib.cli.cli``, if already imported, is patched at once.
+    """
     if os.environ.get("ANOMALIB_DHKD_AUTOLOAD", "1") == "0":
         return
     if _TARGET in sys.modules and _CLI in sys.modules:

@@ -1,4 +1,9 @@
-"""``python -m anomalib_dhkd.check``: the dataset checker (:mod:`anomalib_dhkd.tools.check`)."""
+"""``python -m anomalib_dhkd.check``: the dataset checker (:mod:`anomalib_dhkd.tools.check`).
+
+Command line::
+
+    python -m anomalib_dhkd.check ROOT [--category C] [--image-size 256] [--min-size 32]
+"""
 
 import sys
 

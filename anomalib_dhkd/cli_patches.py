@@ -22,7 +22,12 @@ PATCHED = "_anomalib_dhkd_patched"
 
 
 def patch_cli(cli_module: ModuleType) -> None:
-    """Apply every fix to ``cli_module.AnomalibCLI`` (idempotent)."""
+    """Apply every fix to ``cli_module.AnomalibCLI`` (idempotent).
+
+    Args:
+        cli_module: The imported ``anomalib.cli.cli`` module; its ``AnomalibCLI`` class is patched in place.
+
+    """
     cli_class = cli_module.AnomalibCLI
     if getattr(cli_class, PATCHED, False):
         return
@@ -33,7 +38,12 @@ def patch_cli(cli_module: ModuleType) -> None:
 
 
 def seed_before_instantiation(cli_class: type) -> None:
-    """Make ``AnomalibCLI`` apply an integer ``--seed_everything`` before it instantiates classes."""
+    """Make ``AnomalibCLI`` apply an integer ``--seed_everything`` before it instantiates classes.
+
+    Args:
+        cli_class: ``AnomalibCLI``; its ``before_instantiate_classes`` is wrapped.
+
+    """
     original = cli_class.before_instantiate_classes
 
     def before_instantiate_classes(self: Any) -> None:
@@ -54,6 +64,12 @@ def constructor_error(message: str) -> str | None:
     jsonargparse tries each type of ``--model`` (``None``, then the model class) and lists every failure under
     ``Errors:``; the constructor's error is the item that is not ``Expected a <class 'NoneType'>``.
 
+    Args:
+        message: jsonargparse's error message.
+
+    Returns:
+        The constructor's error in one line (several joined by ``"; "``), or ``None`` if the message lists none.
+
     Example:
         >>> constructor_error("No match\nErrors:\n - Expected a <class 'NoneType'>\n - Bad layer.\nGiven value: x")
         'Bad layer.'
@@ -65,7 +81,14 @@ def constructor_error(message: str) -> str | None:
 
 
 def one_line_argument_errors(cli_class: type) -> None:
-    """Make ``AnomalibCLI`` print the constructor error of a plugin model as ``error: <message>`` and exit with 2."""
+    """Make ``AnomalibCLI`` print the constructor error of a plugin model as ``error: <message>`` and exit with 2.
+
+    Other models' errors, and errors that are not a constructor's, propagate unchanged.
+
+    Args:
+        cli_class: ``AnomalibCLI``; its ``instantiate_classes`` is wrapped.
+
+    """
     original = cli_class.instantiate_classes
 
     def instantiate_classes(self: Any) -> None:
@@ -84,7 +107,12 @@ def one_line_argument_errors(cli_class: type) -> None:
 
 
 def check_before_running(cli_class: type) -> None:
-    """Make ``AnomalibCLI`` check a family model's data (or export folder) before it runs the subcommand."""
+    """Make ``AnomalibCLI`` check a family model's data (or export folder) before it runs the subcommand.
+
+    Args:
+        cli_class: ``AnomalibCLI``; its ``_run_subcommand`` is wrapped.
+
+    """
     original = cli_class._run_subcommand
 
     def _run_subcommand(self: Any) -> None:
@@ -102,7 +130,15 @@ def check_before_running(cli_class: type) -> None:
 
 
 def stop_on_bad_data(cli: Any) -> None:
-    """Exit with status 1 and every problem of the datamodule's files, before anything downloads or trains."""
+    """Exit with status 1 and every problem of the datamodule's files, before anything downloads or trains.
+
+    Args:
+        cli: The ``AnomalibCLI`` instance, with its ``datamodule`` instantiated.
+
+    Raises:
+        SystemExit: With status 1 if :func:`~anomalib_dhkd.tools.preflight.data_report` finds a problem.
+
+    """
     from anomalib_dhkd.tools.preflight import data_report
 
     message = data_report(getattr(cli, "datamodule", None))
@@ -112,7 +148,15 @@ def stop_on_bad_data(cli: Any) -> None:
 
 
 def stop_on_unwritable_export_folder(cli: Any) -> None:
-    """Exit with status 2 and one line when the export folder cannot be written, before the model is traced."""
+    """Exit with status 2 and one line when the export folder cannot be written, before the model is traced.
+
+    Args:
+        cli: The ``AnomalibCLI`` instance of an ``export`` run.
+
+    Raises:
+        SystemExit: With status 2 if the folder cannot be written.
+
+    """
     from anomalib_dhkd.tools.preflight import check_writable, export_folder
 
     try:

@@ -1,4 +1,9 @@
-"""``python -m anomalib_dhkd.predict``: score images with an exported model (:mod:`.deployment.predict`)."""
+"""``python -m anomalib_dhkd.predict``: score images with an exported model (:mod:`.deployment.predict`).
+
+Command line::
+
+    python -m anomalib_dhkd.predict MODEL.xml|MODEL.onnx IMAGES [--out results/predictions] [--runtime openvino]
+"""
 
 import sys
 

@@ -1,4 +1,10 @@
-"""``python -m anomalib_dhkd.weights``: the offline ImageNet weights (:mod:`anomalib_dhkd.tools.weights`)."""
+"""``python -m anomalib_dhkd.weights``: the offline ImageNet weights (:mod:`anomalib_dhkd.tools.weights`).
+
+Command line::
+
+    python -m anomalib_dhkd.weights install [--force] [--cache-dir DIR]
+    python -m anomalib_dhkd.weights check [--cache-dir DIR]
+"""
 
 import sys
 

@@ -91,11 +91,11 @@ def test_another_models_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
     checkpoint = {"state_dict": padim.state_dict(), "hyper_parameters": dict(padim.hparams)}
     path = tmp_path / "padim.ckpt"
     torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match=r"padim\.ckpt is not a Dhkd checkpoint: .* are those of Padim") as error:
+    with pytest.raises(ValueError, match=r"padim\.ckpt is not a checkpoint of Dhkd: .* are those of Padim") as error:
         Dhkd.load_from_checkpoint(path)
     assert "\n" not in str(error.value)
     dhkd = Dhkd(backbone=BACKBONE, layers=["blocks.1", "blocks.2"], pre_trained=False)
-    with pytest.raises(ValueError, match="not a Dhkd checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint of Dhkd"):
         dhkd.on_load_checkpoint(checkpoint)  # the path of `anomalib test --model Dhkd --ckpt_path padim.ckpt`
     own = {"hyper_parameters": dict(dhkd.hparams)}
     dhkd.on_load_checkpoint(own)  # its own checkpoint passes

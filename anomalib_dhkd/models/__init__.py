@@ -1,4 +1,15 @@
-"""Models of the plugin and their registration with anomalib."""
+"""Models of the plugin and their registration with anomalib.
+
+Importing this module adds every model of :data:`MODELS` to ``anomalib.models``; the start-up hook
+(:mod:`anomalib_dhkd._autoload`) imports it as soon as ``anomalib.models`` is imported, so
+``anomalib train --model Dhkd`` and ``get_model("dhkd")`` work without importing the plugin.
+
+Example:
+    >>> from anomalib.models import get_model
+    >>> type(get_model("dhkd", backbone="resnet18", pre_trained=False)).__name__
+    'Dhkd'
+
+"""
 
 import importlib
 from types import ModuleType

@@ -56,6 +56,13 @@ def check_finite_images(batch: Batch) -> None:
 
     A non-finite pixel (from a custom datamodule or transform) would otherwise only surface as a non-finite loss
     term, with no hint of which image caused it.
+
+    Args:
+        batch: Batch whose ``image`` is checked; its ``image_path`` (if any) names the images.
+
+    Raises:
+        ValueError: If an image has a NaN or infinite pixel.
+
     """
     finite = torch.isfinite(batch.image).flatten(1).all(dim=1)
     if bool(finite.all()):
@@ -74,6 +81,14 @@ def resolve_schedule(
 ) -> tuple[int, bool]:
     """Decide a schedule that follows the budget: warm-up ``min(2, max_epochs // 2)``, frozen teacher if warmed up.
 
+    Args:
+        max_epochs: Training epochs, warm-up included.
+        teacher_warmup_epochs: Warm-up epochs; ``None``: ``min(2, max_epochs // 2)``.
+        freeze_teacher: Freeze the teacher after the warm-up; ``None``: frozen when there is a warm-up.
+
+    Returns:
+        The warm-up epochs and whether the teacher is frozen after them.
+
     Example:
         >>> resolve_schedule(10, None, None), resolve_schedule(2, None, None), resolve_schedule(1, None, None)
         ((2, True), (1, True), (0, False))
@@ -84,7 +99,17 @@ def resolve_schedule(
 
 
 def check_schedule(teacher_warmup_epochs: int, max_epochs: int, freeze_teacher: bool) -> None:
-    """Raise ``ValueError`` for a warm-up outside ``[0, max_epochs)`` or a frozen teacher that never trains."""
+    """Raise ``ValueError`` for a warm-up outside ``[0, max_epochs)`` or a frozen teacher that never trains.
+
+    Args:
+        teacher_warmup_epochs: Warm-up epochs, decided (:func:`resolve_schedule`).
+        max_epochs: Training epochs, warm-up included.
+        freeze_teacher: Whether the teacher is frozen after the warm-up.
+
+    Raises:
+        ValueError: If the warm-up is outside ``[0, max_epochs)``, or the teacher is frozen without a warm-up.
+
+    """
     if not 0 <= teacher_warmup_epochs < max_epochs:
         msg = f"teacher_warmup_epochs must be in [0, max_epochs), got {teacher_warmup_epochs} and {max_epochs}."
         raise ValueError(msg)
@@ -94,17 +119,57 @@ def check_schedule(teacher_warmup_epochs: int, max_epochs: int, freeze_teacher: 
 
 
 def as_settings(settings_class: type[T], value: T | Mapping[str, Any]) -> T:
-    """``value`` as a ``settings_class`` dataclass: checkpoints store settings as plain dictionaries."""
+    """Return ``value`` as a ``settings_class`` dataclass: checkpoints store settings as plain dictionaries.
+
+    Args:
+        settings_class: Settings dataclass, e.g. :class:`~anomalib_dhkd.components.scoring.ScoringConfig`.
+        value: An instance of it (returned as is) or its fields as a mapping.
+
+    Returns:
+        The settings as a ``settings_class`` instance.
+
+    Example:
+        >>> from anomalib_dhkd.components.scoring import ScoringConfig
+        >>> as_settings(ScoringConfig, {"blur_sigma": 8.0}).blur_sigma
+        8.0
+
+    """
     return settings_class(**value) if isinstance(value, Mapping) else value
 
 
 def constructor_settings(hyper_parameters: Mapping[str, Any]) -> set[str]:
-    """Names of saved hyper-parameters that are constructor arguments (not Lightning's ``_class_path`` and the like)."""
+    """Return the names of saved hyper-parameters that are constructor arguments (not Lightning's ``_class_path``).
+
+    Args:
+        hyper_parameters: A checkpoint's ``hyper_parameters``.
+
+    Returns:
+        The names that do not start with an underscore.
+
+    Example:
+        >>> constructor_settings({"backbone": "resnet18", "_class_path": "anomalib_dhkd.models.Dhkd"})
+        {'backbone'}
+
+    """
     return {name for name in hyper_parameters if not name.startswith("_")}
 
 
 def checkpoint_models(hyper_parameters: Mapping[str, Any]) -> list[str]:
-    """Names of the anomalib models whose constructors take every saved hyper-parameter, fewest arguments first."""
+    """Return the names of the anomalib models whose constructors take every saved hyper-parameter.
+
+    Args:
+        hyper_parameters: A checkpoint's ``hyper_parameters``.
+
+    Returns:
+        Class names of the direct subclasses of ``AnomalibModule`` (anomalib's and the plugin's) that fit, the
+        model with the fewest constructor arguments first, since it is the closest match.
+
+    Example:
+        >>> import anomalib_dhkd.models
+        >>> checkpoint_models({"backbone": "resnet18", "eman_momentum": 0.999})
+        ['AsymmetricTs']
+
+    """
     from anomalib.models.components import AnomalibModule
 
     fitting = []
@@ -116,14 +181,32 @@ def checkpoint_models(hyper_parameters: Mapping[str, Any]) -> list[str]:
 
 
 def foreign_checkpoint_message(model_class: type, hyper_parameters: Mapping[str, Any], path: str = "") -> str | None:
-    """Say in one line that a checkpoint is not ``model_class``'s, naming the likely model; ``None`` if it is."""
+    """Say in one line that a checkpoint is not ``model_class``'s, naming the likely model; ``None`` if it is.
+
+    Args:
+        model_class: The model the checkpoint is being loaded into.
+        hyper_parameters: The checkpoint's ``hyper_parameters``.
+        path: Checkpoint path to name in the message; ``""``: none.
+
+    Returns:
+        The message, or ``None`` if ``model_class`` recognises the hyper-parameters.
+
+    Example:
+        >>> from anomalib_dhkd.models import Dhkd
+        >>> foreign_checkpoint_message(Dhkd, {"backbone": "resnet18"}) is None
+        True
+        >>> message = foreign_checkpoint_message(Dhkd, {"backbone": "resnet18", "eman_momentum": 0.999})
+        >>> "is not a checkpoint of Dhkd" in message, "--model AsymmetricTs" in message
+        (True, True)
+
+    """
     if model_class.recognises(hyper_parameters):
         return None
     candidates = checkpoint_models(hyper_parameters) or ["another model"]
     settings = ", ".join(sorted(constructor_settings(hyper_parameters)))
     where = f" {path}" if path else ""
     return (
-        f"The checkpoint{where} is not a {model_class.__name__} checkpoint: its settings ({settings}) are those of "
+        f"The checkpoint{where} is not a checkpoint of {model_class.__name__}: its settings ({settings}) are those of "
         f"{' or '.join(candidates[:3])}. Load it with that model, e.g. `anomalib test --model {candidates[0]} "
         "--ckpt_path ...`."
     )
@@ -194,12 +277,28 @@ class KnowledgeDistillationModule:
 
     @classmethod
     def recognises(cls, hyper_parameters: Mapping[str, Any]) -> bool:
-        """Whether a checkpoint's hyper-parameters can be this model's (every one is a constructor argument)."""
+        """Return whether a checkpoint's hyper-parameters can be this model's (every one is a constructor argument).
+
+        Args:
+            hyper_parameters: The checkpoint's ``hyper_parameters``.
+
+        Returns:
+            ``True`` if every saved setting is an argument of this model's constructor.
+
+        """
         return constructor_settings(hyper_parameters) <= set(inspect.signature(cls).parameters)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
         """Load a checkpoint, or say in one line which model it belongs to if it is another model's.
+
+        Args:
+            checkpoint_path: Path of the Lightning checkpoint.
+            *args: Passed on to Lightning's ``load_from_checkpoint``.
+            **kwargs: Passed on to Lightning's ``load_from_checkpoint`` (``map_location``, ``strict``, ...).
+
+        Returns:
+            The model, with the checkpoint's weights and hyper-parameters.
 
         Raises:
             ValueError: If the checkpoint holds another model.
@@ -228,6 +327,10 @@ class KnowledgeDistillationModule:
         anomalib 2.7's ``Engine.train(ckpt_path=...)`` (and ``anomalib train --ckpt_path``) hands the checkpoint it
         resumed from to ``test`` as well, which would report the metrics of that older model. When a test loads the
         very checkpoint this process's fit resumed from, the finished weights are kept, with a warning.
+
+        Args:
+            checkpoint: The loaded checkpoint; in that case its weights and callback states are replaced by the
+                finished run's.
 
         Raises:
             ValueError: If the checkpoint holds another model.
@@ -267,12 +370,26 @@ class KnowledgeDistillationModule:
         image_size: tuple[int, int] | None = None,
         backbone: str = "wide_resnet50_2",
     ) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256) and normalise with the backbone's pretrained statistics."""
+        """Return a pre-processor that resizes and normalises with the backbone's pretrained statistics.
+
+        Args:
+            image_size: Model input size ``(height, width)``; ``None``: 256 x 256.
+            backbone: timm backbone whose pretrained mean and standard deviation normalise the images.
+
+        Returns:
+            The pre-processor.
+
+        """
         return backbone_pre_processor(backbone, image_size)
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Image AUROC for validation; image AUROC and F1, pixel AUROC and F1, and PRO for testing."""
+        """Return the family's evaluator (:func:`~anomalib_dhkd.models.evaluation.default_evaluator`).
+
+        Returns:
+            Image AUROC for validation; image AUROC and F1, pixel AUROC and F1, and PRO for testing.
+
+        """
         return default_evaluator()
 
     @property
@@ -286,7 +403,13 @@ class KnowledgeDistillationModule:
         return not self.freeze_teacher or self.current_epoch < self.teacher_warmup_epochs
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
-        """Loss terms of a batch of normal images: ``total`` (optimised) and named terms to log (``None``: skipped).
+        """Return the loss terms of a batch of normal images; each model of the family implements it.
+
+        Args:
+            batch: Training batch of normal images.
+
+        Returns:
+            ``total`` (the optimised loss) and named terms to log; a ``None`` term is skipped.
 
         Raises:
             NotImplementedError: In the base class.
@@ -296,6 +419,14 @@ class KnowledgeDistillationModule:
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Check the images, compute :meth:`training_losses`, stop on a non-finite term and log them.
+
+        Args:
+            batch: Training batch of normal images.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            ``{"loss": total}`` for Lightning to optimise.
 
         Raises:
             ValueError: If an input image contains NaN or infinite values, naming the image paths.
@@ -320,7 +451,17 @@ class KnowledgeDistillationModule:
         return {"loss": total}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict anomaly maps and scores of a validation batch."""
+        """Predict anomaly maps and scores of a validation batch.
+
+        Args:
+            batch: Validation batch.
+            *args: Unused.
+            **kwargs: Unused.
+
+        Returns:
+            The batch, updated with ``pred_score`` and ``anomaly_map``.
+
+        """
         del args, kwargs  # These variables are not used.
         return batch.update(**self.model(batch.image)._asdict())
 
@@ -400,6 +541,10 @@ class KnowledgeDistillationModule:
         """Let DDP tolerate parameters that get no gradient in some epochs (students in the warm-up, frozen teachers).
 
         Without ``find_unused_parameters``, ``--trainer.strategy ddp`` stops at the first step of the warm-up.
+
+        Args:
+            stage: Lightning stage (``"fit"``, ``"test"``, ...); the same for every stage.
+
         """
         del stage  # The same for every stage.
         strategy = self.trainer.strategy
@@ -407,13 +552,23 @@ class KnowledgeDistillationModule:
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)  # Lightning has no public setter
 
     def configure_callbacks(self) -> list[Callback]:
-        """Add a checkpoint of the random generators to anomalib's callbacks, so a resumed run continues exactly."""
+        """Add a checkpoint of the random generators to anomalib's callbacks, so a resumed run continues exactly.
+
+        Returns:
+            anomalib's callbacks and a :class:`~anomalib_dhkd.models.callbacks.RandomStateCheckpoint`.
+
+        """
         callbacks = super().configure_callbacks()
         return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), RandomStateCheckpoint()]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Train for ``max_epochs`` with gradient-norm clipping at 1 (flow and distillation stability)."""
+        """Train for ``max_epochs`` with gradient-norm clipping at 1 (flow and distillation stability).
+
+        Returns:
+            Trainer arguments: ``max_epochs``, norm clipping at 1 and no sanity validation steps.
+
+        """
         return {
             "max_epochs": self.max_epochs,
             "gradient_clip_val": 1.0,

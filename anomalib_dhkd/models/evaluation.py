@@ -10,7 +10,7 @@ from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 
 
 def default_evaluator(pro_fpr_limit: float = 0.3) -> Evaluator:
-    """Image AUROC for validation; image AUROC and F1, pixel AUROC and F1, and PRO for testing.
+    """Build the family's evaluator: image AUROC for validation; image and pixel AUROC and F1, and PRO for testing.
 
     Validation skips pixel metrics: sorting every pixel of the test set after each epoch costs minutes on a CPU.
 
@@ -19,6 +19,16 @@ def default_evaluator(pro_fpr_limit: float = 0.3) -> Evaluator:
 
     Args:
         pro_fpr_limit: False-positive-rate limit of the PRO integral.
+
+    Returns:
+        The evaluator, for a model's ``evaluator`` argument or ``configure_evaluator``.
+
+    Example:
+        >>> evaluator = default_evaluator()
+        >>> [metric.name for metric in evaluator.val_metrics]
+        ['image_AUROC']
+        >>> [metric.name for metric in evaluator.test_metrics][-1]
+        'pixel_AUPRO'
 
     """
     val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]

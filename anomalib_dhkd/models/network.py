@@ -21,13 +21,22 @@ from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringInput
 class TeacherStudentNetwork(nn.Module):
     """A teacher-student network scored by a :class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer`.
 
-    Subclasses build ``self.scorer`` and implement :meth:`training_outputs` and :meth:`scoring_input`.
+    Subclasses build ``self.scorer`` and implement :meth:`training_outputs` and :meth:`scoring_input`;
+    :class:`~anomalib_dhkd.models.dhkd.DhkdModel` and :class:`~anomalib_dhkd.models.asymmetric_ts.AsymmetricTsModel`
+    show it in their examples.
     """
 
     scorer: DiscrepancyScorer
 
     def training_outputs(self, images: torch.Tensor, **schedule: bool) -> Any:
         """Return what the model's loss needs from a batch of normal training images.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+            **schedule: The Lightning module's schedule flags (``train_teacher``, ``train_student``).
+
+        Returns:
+            The model's training output, the input of its loss.
 
         Raises:
             NotImplementedError: In the base class.
@@ -37,6 +46,12 @@ class TeacherStudentNetwork(nn.Module):
 
     def scoring_input(self, images: torch.Tensor) -> ScoringInput:
         """Return the per-layer teacher and student features of ``images`` for the scorer.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            The features of every layer the scorer uses, and the image size.
 
         Raises:
             NotImplementedError: In the base class.
@@ -66,7 +81,16 @@ class TeacherStudentNetwork(nn.Module):
             self.train(was_training)
 
     def forward(self, images: torch.Tensor, **schedule: bool) -> Any:
-        """Training outputs in training mode (:meth:`training_outputs`), else an ``InferenceBatch``."""
+        """Return the training outputs in training mode (:meth:`training_outputs`), else an ``InferenceBatch``.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+            **schedule: Schedule flags passed on to :meth:`training_outputs`; ignored in evaluation mode.
+
+        Returns:
+            In training mode what the loss needs; else ``pred_score`` ``(N,)`` and ``anomaly_map`` ``(N, 1, H, W)``.
+
+        """
         if self.training:
             return self.training_outputs(images, **schedule)
         result: InferenceBatch = self.scorer(self.scoring_input(images))

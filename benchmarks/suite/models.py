@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import skimage.data
-from anomalib.models import Cflow, Draem, Padim, Patchcore, ReverseDistillation, Stfpm
+from anomalib.models import Cflow, Draem, Glass, Padim, Patchcore, ReverseDistillation, Stfpm, Supersimplenet
 from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
 from PIL import Image
 
@@ -48,6 +48,7 @@ class SuiteModel:
             reaches layers timm does not expose (``blocks.3`` of ``tf_efficientnet_lite0``).
         prepare: Adjusts the built model to the run's settings (e.g. a peer's random teacher without weights).
         needs_gpu: Runs in the full suite only with ``--accelerator gpu`` (``--quick`` runs it anywhere).
+        min_image_size: Smallest image size the model runs at; ``--quick`` runs it at this size if its own is smaller.
 
     """
 
@@ -61,6 +62,7 @@ class SuiteModel:
     fx_backbone: bool = False
     prepare: Callable[[AnomalibModule, bool], None] | None = None
     needs_gpu: bool = False
+    min_image_size: int = 0
 
     def default_layers(self, track: str) -> tuple[str, ...]:
         """Feature layers in ``track``."""
@@ -93,6 +95,8 @@ class SuiteModel:
             arguments["pre_trained"] = pre_trained
         if "max_epochs" in parameters:
             arguments["max_epochs"] = epochs
+        if "input_shape" in parameters:  # GLASS shapes its layers for the input size
+            arguments["input_shape"] = size
         arguments |= {name: _from_json(self.model_class, name, value) for name, value in options.items()}
         model = self.model_class(**arguments)
         if self.prepare is not None:
@@ -168,7 +172,10 @@ DHKD_WARMUP_EPOCHS = 4
 # the family's STFPM-like model, as many, on the same layers. DRAEM has no
 # pretrained encoder; its anomaly source is scikit-image's texture photographs (DTD cannot be downloaded). It needs a
 # GPU: on the 2 CPU cores one run of 4 epochs on the hazelnut toy set at 256 px had not finished after 20 minutes
-# (8.4 GB). The no-pretraining track runs the family and the peers that can run without weights.
+# (8.4 GB). SuperSimpleNet (layer2/layer3 of its default: blocks.2/blocks.4) and GLASS (the same layers, the texture
+# photographs as anomaly source) need a GPU too: one epoch on the hazelnut toy set at 256 px took 36 s and 192 s on
+# the 2 CPU cores (beside another run), so 20 epochs on bottle would take hours; SuperSimpleNet fails at 64 px, so
+# --quick runs it at 128 px. The no-pretraining track runs the family and the peers that can run without weights.
 SUITE_MODELS: dict[str, SuiteModel] = {
     "dhkd": SuiteModel(
         Dhkd,
@@ -205,6 +212,22 @@ SUITE_MODELS: dict[str, SuiteModel] = {
         backbone="resnet18",
         tracks=("pretrained",),
         without_weights=True,
+    ),
+    "supersimplenet": SuiteModel(
+        Supersimplenet,
+        epochs=20,
+        layers=("blocks.2", "blocks.4"),
+        tracks=("pretrained",),
+        needs_gpu=True,
+        min_image_size=128,
+    ),
+    "glass": SuiteModel(
+        Glass,
+        epochs=20,
+        layers=("blocks.2", "blocks.4"),
+        options=lambda track, quick: {"anomaly_source_path": offline_textures()},
+        tracks=("pretrained",),
+        needs_gpu=True,
     ),
     "draem": SuiteModel(
         Draem,

@@ -99,7 +99,7 @@ def run_settings(
     suite_model = SUITE_MODELS[model]
     return RunSettings(
         epochs=1 if quick else suite_model.epochs,
-        image_size=image_size,
+        image_size=max(image_size, suite_model.min_image_size) if quick else image_size,
         seed=seed,
         backbone=suite_model.backbone,
         layers=layers or suite_model.default_layers(track),

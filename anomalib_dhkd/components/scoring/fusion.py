@@ -20,14 +20,35 @@ from anomalib_dhkd.components.scoring.smoothing import GaussianBlur
 
 
 def top_fraction_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mean of the highest ``fraction`` of the values of each map, ``(N, 1, H, W) -> (N,)``; at least one value."""
+    """Return the mean of the highest ``fraction`` of the values of each map; at least one value.
+
+    Args:
+        maps: Maps ``(N, 1, H, W)``.
+        fraction: Share of the values averaged, in ``(0, 1]``.
+
+    Returns:
+        One score per map ``(N,)``.
+
+    Example:
+        >>> top_fraction_mean(torch.arange(100.0).view(1, 1, 10, 10), 0.02)
+        tensor([98.5000])
+
+    """
     values = maps.flatten(start_dim=1)
     count = max(1, round(fraction * values.shape[1]))
     return values.topk(count, dim=1).values.mean(dim=1)
 
 
 def gaussian_blur(sigma: float) -> nn.Module:
-    """Gaussian smoothing (:class:`~anomalib_dhkd.components.GaussianBlur`); ``sigma = 0``: none."""
+    """Return Gaussian smoothing (:class:`~anomalib_dhkd.components.scoring.GaussianBlur`); ``sigma = 0``: none.
+
+    Args:
+        sigma: Standard deviation in pixels, non-negative.
+
+    Returns:
+        The smoothing module, or ``nn.Identity`` for ``sigma = 0``.
+
+    """
     return GaussianBlur(sigma) if sigma > 0 else nn.Identity()
 
 
@@ -38,6 +59,15 @@ class MapFusion(nn.Module):
         sigma: Standard deviation of the Gaussian smoothing of the anomaly map in pixels; ``0`` disables smoothing.
         score_fraction: Share of the score map's highest values averaged into the image score, in ``(0, 1]``.
         score_sigma: Smoothing of the map the image score is taken from; ``None``: ``sigma``.
+
+    Raises:
+        ValueError: If ``score_fraction`` is outside ``(0, 1]``.
+
+    Example:
+        >>> fusion = MapFusion(sigma=0.0)
+        >>> anomaly_map, score = fusion([torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 8, 8)], None, (16, 16))
+        >>> anomaly_map.shape, score
+        (torch.Size([2, 1, 16, 16]), tensor([0.5000, 0.5000]))
 
     """
 
@@ -53,12 +83,30 @@ class MapFusion(nn.Module):
 
     @staticmethod
     def fuse(maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        """Mean of ``maps`` ``(N, 1, h_k, w_k)``, each bilinearly upsampled to ``image_size``."""
+        """Return the mean of ``maps``, each bilinearly upsampled to ``image_size``.
+
+        Args:
+            maps: Per-scale maps ``(N, 1, h_k, w_k)``.
+            image_size: Output ``(H, W)``.
+
+        Returns:
+            The fused map ``(N, 1, H, W)``.
+
+        """
         upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
         return torch.stack(upsampled).mean(dim=0)
 
     def smooth(self, maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        """Fuse ``maps`` and smooth them as the anomaly map is, ``(N, 1, *image_size)``."""
+        """Fuse ``maps`` and smooth them as the anomaly map is.
+
+        Args:
+            maps: Per-scale maps ``(N, 1, h_k, w_k)``.
+            image_size: Output ``(H, W)``.
+
+        Returns:
+            The smoothed fused map ``(N, 1, H, W)``.
+
+        """
         return self.blur(self.fuse(maps, image_size))
 
     def forward(
@@ -78,10 +126,13 @@ class MapFusion(nn.Module):
             map_addends: Maps ``(N, 1, h_j, w_j)`` each upsampled and added to the fused map before smoothing (the
                 scaled coherences of :class:`MapCoherence`); the image score does not include them.
 
+        Returns:
+            The anomaly map and the top-``score_fraction`` mean of the score map.
+
         """
         fused_map = self.fuse(map_scales, image_size)
         # Added before the (linear) smoothing, which is then run once: OpenVINO's conversion of a second smoothed
-        # map added after it gave other maps at batch size 1.
+        # map added after it gives other maps at batch size 1.
         with_addends = fused_map
         for addend in map_addends or []:
             with_addends = with_addends + self.fuse([addend], image_size)
@@ -101,10 +152,10 @@ class MapCoherence(nn.Module):
     uneven lighting) stays within the spread of normal texture at every position; the misses are small but alike
     across the region, which :func:`discrepancy_coherence` measures. Each layer's smoothed coherence map is scaled to
     the local map's standard deviation on the normal training images, times the layer's weight, and added. Our
-    addition; the paper's map is the local discrepancy. ``offline_dhkd`` (``blocks.4``, 7 x 7 cells, weight 0.15;
+    addition; the DHKD paper's map is the local discrepancy. ``offline_dhkd`` (``blocks.4``, 7 x 7 cells, weight 0.15;
     ``blocks.6``, 3 x 3, weight 0.25) in the benchmark suite, seeds 0-2, pixel AUROC / PRO: Magnetic Tile +2.9 / +1.7
     points on the mean (0.778 / 0.751 to 0.807 / 0.768); MVTec bottle -0.02 to -0.03 / -0.6 to -0.8 per seed (model
-    README, "Discrepancy coherence").
+    README, "Ablation of the choices kept").
 
     Until fitted the scales are 0 and the map is the local map, as checkpoints saved without it mapped, and such
     checkpoints still load, as do those saved with one layer's scalar scale. The scaled coherences are added to the
@@ -117,6 +168,15 @@ class MapCoherence(nn.Module):
 
     Raises:
         ValueError: If a window is even or not positive, a weight is not positive, or the lengths differ.
+
+    Example:
+        The scale is the weight times the ratio of the local map's spread to the coherence map's:
+
+        >>> from anomalib_dhkd.components.scoring import map_moments
+        >>> coherence = MapCoherence(windows=[7], weights=[0.25])
+        >>> coherence.fit(map_moments(torch.tensor([0.0, 2.0])), [map_moments(torch.tensor([0.0, 1.0]))])
+        >>> coherence.scale
+        tensor([0.5000])
 
     """
 
@@ -139,7 +199,17 @@ class MapCoherence(nn.Module):
         self.register_load_state_dict_pre_hook(_scalar_scale_as_vector)
 
     def fit(self, local_moments: torch.Tensor, coherence_moments: list[torch.Tensor]) -> None:
-        """Set the scales from summed pixel :func:`map_moments` ``(3,)`` of smoothed normal local and coherence maps."""
+        """Set the scales from summed pixel moments of smoothed local and coherence maps of normal images.
+
+        Args:
+            local_moments: Summed :func:`~anomalib_dhkd.components.scoring.map_moments` ``(3,)`` of the local map's
+                pixels.
+            coherence_moments: The same for each layer's smoothed coherence map.
+
+        Raises:
+            ValueError: With fewer than two pixels.
+
+        """
         local_std = mean_and_std(local_moments, "Map coherence statistics")[1]
         coherence_std = torch.stack([mean_and_std(m, "Map coherence statistics")[1] for m in coherence_moments])
         weights = torch.tensor(self.weights, dtype=coherence_std.dtype, device=coherence_std.device)
@@ -147,7 +217,15 @@ class MapCoherence(nn.Module):
         self.scale = scale.to(self.scale)
 
     def forward(self, coherences: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Scale each layer's coherence ``(N, 1, h_j, w_j)``, to be added to the fused local map."""
+        """Scale each layer's coherence, to be added to the fused local map.
+
+        Args:
+            coherences: Per-layer coherence maps ``(N, 1, h_j, w_j)``.
+
+        Returns:
+            The scaled maps, all 0 until fitted.
+
+        """
         return [scale * coherence for scale, coherence in zip(self.scale, coherences, strict=True)]
 
     def extra_repr(self) -> str:
@@ -158,21 +236,29 @@ class MapCoherence(nn.Module):
 class ImageScoreFusion(nn.Module):
     """Add global evidence to the local image score: a calibrated sum over score sources.
 
-    The sources are the local score (top fraction of the standardised score map, :class:`MapFusion`) and,
-    per score layer, the squared Mahalanobis distance of the teacher latent's per-channel means and standard
-    deviations over the image to their Gaussian on normal images (:class:`~anomalib_dhkd.components.GaussianDistance`).
-    Each source is standardised with its mean and standard deviation on the normal training images and the
-    results are summed, so no source dominates by its units. Our addition; the paper does not say how it scores
-    images. The flow teacher's latent is whitened per position, so a defect that shifts a whole image a little
-    (uneven lighting, a long crack) moves its latent statistics while each position stays plausible. Magnetic Tile
-    with ImageNet weights, image AUROC without and with, mean of seeds 0-2: 0.940 and 0.965; without ImageNet
-    weights it hurts (model README, "Global latent statistics").
+    The sources are the local score (top fraction of the standardised score map, :class:`MapFusion`) and, per score
+    layer, the squared Mahalanobis distance of the teacher latent's per-channel means and standard deviations over the
+    image to their Gaussian on normal images (:class:`~anomalib_dhkd.components.scoring.GaussianDistance`). Each source
+    is standardised with its mean and standard deviation on the normal training images and the results are summed, so no
+    source dominates by its units. Our addition; the DHKD paper does not say how it scores images. The flow teacher's
+    latent is whitened per position, so a defect that shifts a whole image a little (uneven lighting, a long crack)
+    moves its latent statistics while each position stays plausible. Magnetic Tile with ImageNet weights, image AUROC
+    without and with, mean of seeds 0-2: 0.940 and 0.965; without ImageNet weights it hurts (model README, "Ablation of
+    the choices kept").
 
     Until fitted, the distances are 0 and the calibration is the identity: the score is the local score, as
     checkpoints saved without these entries scored, and such checkpoints still load.
 
     Args:
         latent_channels: Channels of each score layer's teacher latent.
+
+    Example:
+        Until fitted the image score is the local score:
+
+        >>> fusion = ImageScoreFusion(latent_channels=[4])
+        >>> sources = fusion.sources(torch.tensor([0.5, 1.5]), [torch.rand(2, 4, 8, 8)])
+        >>> sources.shape, fusion(sources)
+        (torch.Size([2, 2]), tensor([0.5000, 1.5000]))
 
     """
 
@@ -186,18 +272,43 @@ class ImageScoreFusion(nn.Module):
         self.register_load_state_dict_pre_hook(_keep_unfitted_when_missing)
 
     def sources(self, local_score: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
-        """Raw score sources ``(N, 1 + K)``: the local score, then the distance of each of the ``K`` latents."""
+        """Return the raw score sources: the local score, then the distance of each of the ``K`` latents.
+
+        Args:
+            local_score: Local image scores ``(N,)``.
+            latents: Teacher latents ``(N, C_k, h_k, w_k)`` of the ``K`` score layers.
+
+        Returns:
+            The sources ``(N, 1 + K)``.
+
+        """
         distances = [distance(channel_statistics(z)) for distance, z in zip(self.distances, latents, strict=True)]
         return torch.stack([local_score, *distances], dim=1)
 
     def fit_calibration(self, moments: torch.Tensor) -> None:
-        """Set each source's mean and standard deviation from summed ``map_moments`` ``(3, 1 + K)`` of sources."""
+        """Set each source's mean and standard deviation on normal images.
+
+        Args:
+            moments: Summed :func:`~anomalib_dhkd.components.scoring.map_moments` ``(3, 1 + K)`` of the sources.
+
+        Raises:
+            ValueError: With fewer than two images.
+
+        """
         mean, std = mean_and_std(moments, "Image score calibration")
         self.source_mean = mean.to(self.source_mean)
         self.source_std = std.clamp_min(torch.finfo(torch.float32).eps).to(self.source_std)
 
     def forward(self, sources: torch.Tensor) -> torch.Tensor:
-        """Image scores ``(N,)``: the sum of the standardised sources ``(N, 1 + K)``."""
+        """Return the image scores: the sum of the standardised sources.
+
+        Args:
+            sources: Raw sources ``(N, 1 + K)`` (:meth:`sources`).
+
+        Returns:
+            The scores ``(N,)``.
+
+        """
         return ((sources - self.source_mean) / self.source_std).sum(dim=1)
 
 

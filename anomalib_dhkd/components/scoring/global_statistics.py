@@ -9,15 +9,40 @@ from torch import nn
 
 
 def channel_statistics(features: torch.Tensor) -> torch.Tensor:
-    """Per-image mean and standard deviation of each channel over all positions, ``(N, C, H, W) -> (N, 2C)``."""
+    """Return the per-image mean and standard deviation of each channel over all positions.
+
+    Args:
+        features: Feature maps ``(N, C, H, W)``.
+
+    Returns:
+        The means, then the standard deviations, ``(N, 2C)``.
+
+    Example:
+        >>> channel_statistics(torch.rand(2, 3, 4, 4)).shape
+        torch.Size([2, 6])
+
+    """
     return torch.cat([features.mean(dim=(2, 3)), features.std(dim=(2, 3))], dim=1)
 
 
 def vector_moments(vectors: torch.Tensor) -> torch.Tensor:
-    """Count, sums and outer-product sums of vectors ``(N, D)`` as one float64 matrix ``(D + 1, D + 1)``.
+    """Return the count, sums and outer-product sums of vectors as one float64 matrix.
 
     It is the Gram matrix of the vectors with a leading 1: the count at ``[0, 0]``, the sums in row 0 and their
     outer products below. Moments of several batches (or processes) add up.
+
+    Args:
+        vectors: Vectors ``(N, D)``.
+
+    Returns:
+        The moments ``(D + 1, D + 1)``.
+
+    Example:
+        >>> vector_moments(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        tensor([[ 2.,  4.,  6.],
+                [ 4., 10., 14.],
+                [ 6., 14., 20.]], dtype=torch.float64)
+
     """
     augmented = torch.cat([torch.ones_like(vectors[:, :1]), vectors], dim=1).double()
     return augmented.T @ augmented
@@ -35,6 +60,16 @@ class GaussianDistance(nn.Module):
         dim: Dimension of the vectors.
         shrinkage: Weight ``s`` of the identity in the shrunk covariance, in ``(0, 1]``.
 
+    Raises:
+        ValueError: If ``shrinkage`` is outside ``(0, 1]``.
+
+    Example:
+        >>> normal = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+        >>> distance = GaussianDistance(2)
+        >>> distance.fit(vector_moments(normal))
+        >>> distance(torch.tensor([[1.0, 1.0], [3.0, 1.0]]))
+        tensor([0., 3.])
+
     """
 
     def __init__(self, dim: int, shrinkage: float = 0.01) -> None:
@@ -50,6 +85,9 @@ class GaussianDistance(nn.Module):
 
     def fit(self, moments: torch.Tensor) -> None:
         """Set mean and precision from summed :func:`vector_moments` of at least two normal vectors.
+
+        Args:
+            moments: Summed moments ``(D + 1, D + 1)``.
 
         Raises:
             ValueError: With fewer than two vectors, since a covariance needs two.
@@ -68,7 +106,15 @@ class GaussianDistance(nn.Module):
         self.precision = torch.cholesky_inverse(torch.linalg.cholesky(shrunk)).to(self.precision)
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distances ``(N,)`` of vectors ``(N, D)``."""
+        """Return the squared Mahalanobis distances of vectors; 0 until fitted.
+
+        Args:
+            vectors: Vectors ``(N, D)``.
+
+        Returns:
+            The distances ``(N,)``.
+
+        """
         centred = vectors - self.mean
         return ((centred @ self.precision) * centred).sum(dim=1)
 

@@ -7,19 +7,42 @@ from torch import nn
 
 
 def map_moments(maps: torch.Tensor) -> torch.Tensor:
-    """Count, sum and sum of squares over a batch ``(N, ...)`` (maps ``(N, 1, H, W)``), stacked to ``(3, ...)``.
+    """Return the count, sum and sum of squares over a batch, element-wise, in float64.
 
-    In float64. Moments of several batches (or processes) add up, so statistics can be accumulated batch by batch.
+    Moments of several batches (or processes) add up, so statistics can be accumulated batch by batch.
+
+    Args:
+        maps: A batch ``(N, ...)``, e.g. maps ``(N, 1, H, W)``.
+
+    Returns:
+        The three moments stacked, ``(3, ...)``.
+
+    Example:
+        >>> map_moments(torch.ones(4, 1, 2, 2)).shape
+        torch.Size([3, 1, 2, 2])
+
     """
     maps = maps.double()
     return torch.stack([torch.full_like(maps[0], maps.shape[0]), maps.sum(dim=0), maps.pow(2).sum(dim=0)])
 
 
 def mean_and_std(moments: torch.Tensor, what: str = "Position statistics") -> tuple[torch.Tensor, torch.Tensor]:
-    """Element-wise mean and sample standard deviation from summed :func:`map_moments` of at least two samples.
+    """Return the element-wise mean and sample standard deviation from summed :func:`map_moments`.
+
+    Args:
+        moments: Summed moments ``(3, ...)`` of at least two samples.
+        what: Name of the statistics in the error message.
+
+    Returns:
+        The mean and the standard deviation, each ``(...)``.
 
     Raises:
         ValueError: With fewer than two samples, since a standard deviation needs two; ``what`` names the statistics.
+
+    Example:
+        >>> mean, std = mean_and_std(map_moments(torch.tensor([1.0, 3.0])))
+        >>> mean.item(), std.item()
+        (2.0, 1.4142135623730951)
 
     """
     count, total, total_of_squares = moments
@@ -45,6 +68,13 @@ class PositionStandardizer(DynamicBufferMixin, nn.Module):
         min_std_ratio: Floor of each position's standard deviation, relative to the mean standard deviation over
             positions, so that a position that never varies cannot divide by zero.
 
+    Example:
+        >>> normal = torch.rand(8, 1, 4, 4)
+        >>> standardizer = PositionStandardizer()
+        >>> standardizer.fit(map_moments(normal))
+        >>> bool(standardizer(normal).mean(dim=0).abs().max() < 1e-5)
+        True
+
     """
 
     def __init__(self, min_std_ratio: float = 0.01) -> None:
@@ -54,7 +84,10 @@ class PositionStandardizer(DynamicBufferMixin, nn.Module):
         self.register_buffer("std", torch.ones(1, 1, 1, 1))
 
     def fit(self, moments: torch.Tensor) -> None:
-        """Set the statistics from summed :func:`map_moments` ``(3, 1, H, W)`` of at least two normal maps.
+        """Set the statistics from summed :func:`map_moments` of at least two normal maps.
+
+        Args:
+            moments: Summed moments ``(3, 1, H, W)``.
 
         Raises:
             ValueError: With fewer than two maps, since a standard deviation needs two.
@@ -66,7 +99,15 @@ class PositionStandardizer(DynamicBufferMixin, nn.Module):
         self.std = std.unsqueeze(0).to(self.std)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """Standardise maps ``(N, 1, H, W)`` per position."""
+        """Standardise maps per position; the statistics are resized to the maps' size if it differs.
+
+        Args:
+            maps: Maps ``(N, 1, H, W)``.
+
+        Returns:
+            The standardised maps, the shape of ``maps``.
+
+        """
         mean, std = self.mean, self.std
         if mean.shape[-2:] != maps.shape[-2:] and mean.shape[-2:] != (1, 1):
             mean = F.interpolate(mean, size=maps.shape[-2:], mode="bilinear", align_corners=False)

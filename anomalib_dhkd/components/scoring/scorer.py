@@ -71,7 +71,16 @@ class ScoringConfig:
     coherence_window: int = 7
 
     def unresolved(self) -> list[str]:
-        """Names of the settings still ``None`` that the scorer needs decided."""
+        """Return the names of the settings still ``None`` that the scorer needs decided.
+
+        Returns:
+            The names; empty once the model has decided its defaults.
+
+        Example:
+            >>> ScoringConfig().unresolved()
+            ['score_layers', 'standardize_map', 'global_score', 'coherence_weight']
+
+        """
         optional = {"score_blur_sigma", "coherence_layers"}
         return [f.name for f in fields(self) if getattr(self, f.name) is None and f.name not in optional]
 
@@ -105,6 +114,16 @@ class DiscrepancyScorer(nn.Module):
     Raises:
         ValueError: For an undecided setting, or a score or coherence layer the scorer is not given.
 
+    Example:
+        Fit on normal images, then score:
+
+        >>> config = ScoringConfig(score_layers=["a"], standardize_map=True, global_score=True, coherence_weight=0.25)
+        >>> scorer = DiscrepancyScorer(["a"], channels=[8], strides=[8], map_layers=["a"], config=config)
+        >>> batches = [ScoringInput([torch.rand(4, 8, 4, 4)], [torch.rand(4, 8, 4, 4)], (32, 32)) for _ in range(2)]
+        >>> scorer.fit(lambda: batches)
+        >>> scorer(batches[0]).pred_score.shape
+        torch.Size([4])
+
     """
 
     def __init__(
@@ -135,7 +154,15 @@ class DiscrepancyScorer(nn.Module):
         self.score_fusion = ImageScoreFusion([channels[i] for i in self.score_indices]) if config.global_score else None
 
     def forward(self, inputs: ScoringInput) -> InferenceBatch:
-        """Anomaly map ``(N, 1, H, W)`` and image score ``(N,)`` of the inputs."""
+        """Return the anomaly map and the image score of the inputs.
+
+        Args:
+            inputs: Per-layer teacher and student features and the image size ``(H, W)``.
+
+        Returns:
+            ``anomaly_map`` ``(N, 1, H, W)`` and ``pred_score`` ``(N,)``.
+
+        """
         anomaly_map, sources = self._map_and_sources(inputs, add_coherence=True)
         pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

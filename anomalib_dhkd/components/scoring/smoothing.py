@@ -21,6 +21,14 @@ class GaussianBlur(nn.Module):
     Args:
         sigma: Standard deviation in pixels, positive.
 
+    Raises:
+        ValueError: If ``sigma`` is not positive.
+
+    Example:
+        >>> blur = GaussianBlur(4.0)
+        >>> blur, blur(torch.rand(1, 1, 32, 32)).shape
+        (GaussianBlur(sigma=4.0, kernel_size=33), torch.Size([1, 1, 32, 32]))
+
     """
 
     def __init__(self, sigma: float) -> None:
@@ -34,7 +42,15 @@ class GaussianBlur(nn.Module):
         self.register_load_state_dict_pre_hook(_drop_saved_kernel)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """Smooth ``maps`` over height and width, keeping their shape."""
+        """Smooth ``maps`` over height and width, keeping their shape.
+
+        Args:
+            maps: Maps ``(N, C, H, W)``.
+
+        Returns:
+            The smoothed maps.
+
+        """
         return filter2d_separable(maps, self.kernel, self.kernel, border_type="reflect")
 
     def extra_repr(self) -> str:

@@ -21,7 +21,19 @@ from torch import nn
 
 
 def conv_norm(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> list:
-    """Convolution without bias followed by BatchNorm, as a list of layers."""
+    """Return a convolution without bias followed by BatchNorm, as a list to splice into ``nn.Sequential``.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Side of the kernel, odd; padded to keep the size at stride 1.
+        stride: Stride.
+        groups: Convolution groups.
+
+    Returns:
+        ``[Conv2d, BatchNorm2d]``.
+
+    """
     padding = kernel_size // 2
     convolution = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
     return [convolution, nn.BatchNorm2d(out_channels)]
@@ -96,7 +108,15 @@ class ContextualTransformer(nn.Module):
         self.fusion = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 2 * channels, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the fused static and dynamic contexts, the shape of ``features`` ``(N, C, H, W)``."""
+        """Return the fused static and dynamic contexts.
+
+        Args:
+            features: Features ``(N, C, H, W)``.
+
+        Returns:
+            The fused contexts, the shape of ``features``.
+
+        """
         static = self.key(features)
         values = rearrange(self.value(features), "n (g c) h w -> n g c h w", g=self.groups)
         logits = rearrange(
@@ -119,6 +139,11 @@ class ResidualBlock(nn.Module):
         channels: Input and output channels.
         contextual: Use a :class:`ContextualTransformer` as the spatial layer; ``False``: 3x3 convolution and BN.
 
+    Example:
+        >>> block = ResidualBlock(8)
+        >>> block(torch.rand(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
+
     """
 
     def __init__(self, channels: int, contextual: bool = True) -> None:
@@ -127,7 +152,15 @@ class ResidualBlock(nn.Module):
         self.residual = nn.Sequential(*spatial, nn.ReLU(), *conv_norm(channels, channels))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return the block's output, the shape of ``features``."""
+        """Return the block's output.
+
+        Args:
+            features: Features ``(N, C, H, W)``.
+
+        Returns:
+            The output, the shape of ``features``, non-negative.
+
+        """
         return F.relu(features + self.residual(features))
 
 
@@ -174,7 +207,15 @@ class ContextualStudent(nn.Module):
             previous_step = step
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Return the predicted features of each scale, shallowest first."""
+        """Return the predicted features of each scale, shallowest first.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            Features ``(N, channels[k], H / strides[k], W / strides[k])`` per scale, sizes rounded up.
+
+        """
         features = []
         for stage in self.stages:
             images = stage(images)

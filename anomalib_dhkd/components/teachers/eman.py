@@ -53,7 +53,15 @@ class EmaNormalizedEncoder(nn.Module):
         self.encoder.eval()
 
     def train(self, mode: bool = True) -> "EmaNormalizedEncoder":
-        """Set the update mode; the encoder itself always normalises with its running statistics."""
+        """Set the update mode; the encoder itself always normalises with its running statistics.
+
+        Args:
+            mode: ``True``: the running statistics follow each batch; ``False``: they stay fixed.
+
+        Returns:
+            This module.
+
+        """
         super().train(mode)
         self.encoder.eval()
         return self
@@ -69,7 +77,15 @@ class EmaNormalizedEncoder(nn.Module):
         norm.running_var.lerp_(features.var(dim=1, unbiased=True), weight)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
-        """Features of ``images`` without gradients, normalised with the (just updated) running statistics."""
+        """Return the features of ``images`` without gradients, normalised with the (just updated) running statistics.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            The encoder's output (per-layer features by name for anomalib's ``TimmFeatureExtractor``).
+
+        """
         with torch.no_grad():
             return self.encoder(images)
 

@@ -1,5 +1,9 @@
 """Convolutional normalizing flow used as an invertible, density-modelling teacher.
 
+DHKD's heterogeneous teacher ("Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge
+Distillation"): a density model of normal features, which sends off-manifold features far into the tails of its
+latent. The coupling design below is ours (model README, "Architecture as built").
+
 Each flow is a stack of FrEIA ``AllInOneBlock`` affine couplings whose sub-networks are small convolution stacks.
 The couplings use soft clamping of the log-scale (``clamp * tanh(s)``), a learned global affine (ActNorm-like)
 scaling and a fixed random channel permutation, so the log-determinant is a sum of bounded terms and stays finite.
@@ -77,6 +81,18 @@ class ConvFlow(nn.Module):
         condition_channels: Channels of the positional encoding the couplings are conditioned on; ``0`` disables
             conditioning. Must be a multiple of 4.
 
+    Raises:
+        ValueError: If ``condition_channels`` is not a multiple of 4.
+
+    Example:
+        >>> flow = ConvFlow(8, num_blocks=2, condition_channels=4)
+        >>> features = torch.randn(2, 8, 4, 4)
+        >>> latent, log_det = flow(features)
+        >>> latent.shape, log_det.shape
+        (torch.Size([2, 8, 4, 4]), torch.Size([2]))
+        >>> torch.allclose(flow.inverse(latent), features, atol=1e-5)
+        True
+
     """
 
     def __init__(
@@ -115,12 +131,28 @@ class ConvFlow(nn.Module):
         return [encoding.unsqueeze(0).expand(batch, -1, -1, -1)]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map features ``(N, C, H, W)`` to the latent and the per-sample log-determinant of the Jacobian."""
+        """Map features to the latent and the per-sample log-determinant of the Jacobian.
+
+        Args:
+            features: Features ``(N, C, H, W)``.
+
+        Returns:
+            The latent, the shape of ``features``, and the log-determinant ``(N,)``.
+
+        """
         latent, log_det = self.flow(features, c=self._conditions(features))
         return latent, log_det
 
     def inverse(self, latent: torch.Tensor) -> torch.Tensor:
-        """Map a latent back to feature space."""
+        """Map a latent back to feature space.
+
+        Args:
+            latent: Latent ``(N, C, H, W)``.
+
+        Returns:
+            The features whose latent it is.
+
+        """
         features, _ = self.flow(latent, c=self._conditions(latent), rev=True)
         return features
 
@@ -134,6 +166,13 @@ def flow_negative_log_likelihood(latent: torch.Tensor, log_det: torch.Tensor) ->
     Args:
         latent: Flow output of shape ``(N, C, H, W)``.
         log_det: Log-determinant of the Jacobian, shape ``(N,)``.
+
+    Returns:
+        The scalar mean over the batch.
+
+    Example:
+        >>> flow_negative_log_likelihood(torch.zeros(2, 1, 2, 2), torch.zeros(2))
+        tensor(0.)
 
     """
     dims = latent[0].numel()

@@ -1,16 +1,16 @@
 """AsymmetricTs: asymmetric teacher-student anomaly detection with an EMAN teacher and a CoT student.
 
 Kong et al., "Asymmetric Teacher-Student Network Model for Industrial Image Anomaly Detection", Computer Science
-51(11A), 2024: a frozen pretrained teacher with exponential-moving-average normalisation, a student whose residual
-blocks are Contextual Transformers, STFPM's loss and multi-scale map fusion (:mod:`~.torch_model`, :mod:`~.loss`,
-:mod:`~.anomaly_map`). Guards, statistics fitting and trainer arguments come from
-:class:`~anomalib_dhkd.models.base.KnowledgeDistillationModule`.
+51(11A), 2024: a frozen pretrained teacher with exponential-moving-average normalisation (EMAN, Cai et al., CVPR 2021,
+Sec. 3), a student whose residual blocks are Contextual Transformers (CoT, Li et al., TPAMI 2022, Sec. 3.2), STFPM's
+loss and multi-scale map fusion (:mod:`~.torch_model`, :mod:`~.loss`, :mod:`~.anomaly_map`). Guards, statistics fitting
+and trainer arguments come from :class:`~anomalib_dhkd.models.base.KnowledgeDistillationModule`.
 
 Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_dhkd import AsymmetricTs
-    >>> model = AsymmetricTs(backbone="tf_efficientnet_lite0")
+    >>> model = AsymmetricTs(backbone="tf_efficientnet_lite0")  # offline ImageNet weights needed  # doctest: +SKIP
     >>> Engine().train(model=model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
 
 """
@@ -55,6 +55,20 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         evaluator: Evaluator instance or flag to use the default (image AUROC; pixel AUROC and PRO when testing).
         visualizer: Visualizer instance or flag to use the default. Defaults to ``True``.
 
+    Raises:
+        ValueError: For an unknown layer name, ``eman_momentum`` outside ``[0, 1]``, or a backbone without BatchNorm
+            layers.
+        RuntimeError: If the ImageNet weights cannot be loaded.
+
+    Example:
+        The ablation without CoT blocks (``pre_trained=False`` here only to run without the weights):
+
+        >>> from anomalib_dhkd.models.asymmetric_ts import ContextualStudentConfig
+        >>> student = ContextualStudentConfig(contextual=False)
+        >>> model = AsymmetricTs(backbone="resnet18", pre_trained=False, student=student)
+        >>> type(model.model.student.stages[0][-1].residual[0]).__name__
+        'Conv2d'
+
     """
 
     def __init__(
@@ -92,9 +106,22 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         self.loss = AsymmetricTsLoss()
 
     def configure_optimizers(self) -> optim.Adam:
-        """Adam over the student; the teacher is frozen."""
+        """Adam over the student; the teacher is frozen.
+
+        Returns:
+            The optimiser, with the constructor's ``learning_rate`` and weight decay 1e-5.
+
+        """
         return optim.Adam(self.model.student.parameters(), lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
-        """STFPM's distillation loss of a batch of normal images."""
+        """Return STFPM's distillation loss of a batch of normal images.
+
+        Args:
+            batch: Training batch of normal images.
+
+        Returns:
+            ``{"total": loss}``; the teacher's EMAN statistics move with the batch on the way.
+
+        """
         return {"total": self.loss(*self.model(batch.image))}

@@ -2,15 +2,16 @@
 
 Our reading of "Asymmetric Teacher-Student Network Model for Industrial Image Anomaly Detection" (Kong, Zhang,
 Huang, Liu, Tao; Computer Science 51(11A), 2024). The teacher is a frozen encoder whose BatchNorm layers follow the
-category's normal images by an exponential moving average (EMAN, :class:`~anomalib_dhkd.components.teachers.
-EmaNormalizedEncoder`); the student is a randomly initialised residual network with Contextual Transformer blocks
-(:class:`~anomalib_dhkd.components.students.ContextualStudent`), so teacher and student differ in structure and the
+category's normal images by an exponential moving average (EMAN, Cai et al., CVPR 2021, Sec. 3;
+:class:`~anomalib_dhkd.components.teachers.EmaNormalizedEncoder`); the student is a randomly initialised residual
+network with Contextual Transformer blocks (CoT, Li et al., TPAMI 2022, Sec. 3.2;
+:class:`~anomalib_dhkd.components.students.ContextualStudent`), so teacher and student differ in structure and the
 student does not over-imitate the teacher off the normal manifold.
 
     images --> teacher (frozen encoder, EMAN) --> T_k, k = 1..K scales
     images --> student (stride-2 stem, CoT residual blocks per scale) --> S_k
-    loss: STFPM's distance of L2-normalised T_k and S_k (loss.py)
-    map and score: DiscrepancyScorer over 0.5 * ||S_k/|S_k| - T_k/|T_k|||^2 (anomaly_map.py)
+    loss: STFPM's distance of L2-normalised T_k and S_k (STFPM Sec. 3.2, loss.py)
+    map and score: DiscrepancyScorer over 0.5 * ||S_k/|S_k| - T_k/|T_k|||^2 (STFPM Sec. 3.3, anomaly_map.py)
 """
 
 from collections.abc import Sequence
@@ -60,6 +61,10 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         scoring: Scoring settings; ``None`` values are decided in
             :func:`~anomalib_dhkd.models.asymmetric_ts.anomaly_map.resolve_scoring`.
 
+    Raises:
+        ValueError: For an unknown layer name, ``eman_momentum`` outside ``[0, 1]``, or a backbone without BatchNorm
+            layers.
+
     Example:
         >>> model = AsymmetricTsModel("resnet18", ["layer1", "layer2"], False, ContextualStudentConfig(), 0.999,
         ...                           ScoringConfig())
@@ -87,14 +92,40 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         self.scorer = asymmetric_ts_scorer(layers, channels, strides, scoring)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Return the teacher's features of ``images`` per scale (in training its BatchNorm statistics move first)."""
+        """Return the teacher's features of ``images`` per scale (in training its BatchNorm statistics move first).
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            Features ``(N, C_k, H_k, W_k)``, shallowest first.
+
+        """
         return list(self.teacher(images).values())
 
     def training_outputs(self, images: torch.Tensor, **schedule: bool) -> AsymmetricTsTrainingOutput:
-        """Teacher and student features of a batch of normal training images."""
+        """Return the teacher and student features of a batch of normal training images.
+
+        Args:
+            images: Pre-processed normal images ``(N, 3, H, W)``.
+            **schedule: Ignored: the teacher never trains.
+
+        Returns:
+            Per-scale teacher and student features, the input of
+            :class:`~anomalib_dhkd.models.asymmetric_ts.loss.AsymmetricTsLoss`.
+
+        """
         del schedule  # the teacher never trains
         return AsymmetricTsTrainingOutput(self.teacher_features(images), self.student(images))
 
     def scoring_input(self, images: torch.Tensor) -> ScoringInput:
-        """Teacher and student features of ``images`` for the scorer."""
+        """Return the teacher and student features of ``images`` for the scorer.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            Per-scale teacher and student features and the image size.
+
+        """
         return ScoringInput(self.teacher_features(images), self.student(images), images.shape[-2:])

@@ -1,4 +1,9 @@
-"""DHKD: Denoising Heterogeneous Knowledge Distillation."""
+"""DHKD: Denoising Heterogeneous Knowledge Distillation.
+
+Our reading of "Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge
+Distillation": a normalizing-flow teacher, dual-domain denoising students (the paper's Sec. 3.2 distillation) and
+the family's scorer. What the paper leaves open, and the measurements behind each choice, are in the model README.
+"""
 
 from anomalib_dhkd.models.dhkd.lightning_model import Dhkd
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights

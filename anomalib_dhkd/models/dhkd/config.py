@@ -23,6 +23,16 @@ def resolve(
 ) -> tuple[FlowTeacherConfig, ScoringConfig]:
     """Replace the ``None`` settings of ``teacher`` and ``scoring`` by DHKD's defaults for the encoder.
 
+    Args:
+        pre_trained: Whether the encoder has ImageNet weights.
+        layers: The map's layers, shallowest first.
+        teacher: Flow teacher settings; ``noise_level`` ``None`` is decided.
+        scoring: Scoring settings; ``score_layers``, ``standardize_map``, ``global_score`` and ``coherence_weight``
+            ``None`` are decided.
+
+    Returns:
+        The teacher and scoring settings with every encoder-dependent default decided; set values are kept.
+
     Example:
         >>> teacher, scoring = resolve(True, ["layer1", "layer2", "layer3"], FlowTeacherConfig(), ScoringConfig())
         >>> teacher.noise_level, list(scoring.score_layers), scoring.global_score
@@ -41,7 +51,7 @@ def resolve(
     return teacher, replace(scoring, **decided)
 
 
-# Flat constructor arguments of checkpoints saved before the settings were grouped, by group.
+# Flat constructor arguments, by group and grouped name, so that checkpoints saved with ungrouped settings still load.
 LEGACY_ARGUMENTS = {
     "teacher": {
         "flow_blocks": "blocks",
@@ -70,7 +80,14 @@ LEGACY_ARGUMENTS = {
 
 
 def grouped_arguments(hyper_parameters: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Group a checkpoint's flat (pre-0.2) DHKD arguments; ``None`` if they are grouped already.
+    """Group a checkpoint's flat DHKD arguments (:data:`LEGACY_ARGUMENTS`); ``None`` if they are grouped already.
+
+    Args:
+        hyper_parameters: A checkpoint's ``hyper_parameters``.
+
+    Returns:
+        The arguments with the flat settings moved into ``teacher``, ``student``, ``loss`` and ``scoring``
+        dictionaries, or ``None`` if there is no flat setting.
 
     Example:
         >>> grouped_arguments({"backbone": "resnet18", "flow_blocks": 2, "blur_sigma": 8.0})

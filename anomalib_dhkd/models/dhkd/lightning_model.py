@@ -1,8 +1,9 @@
 """DHKD: Denoising Heterogeneous Knowledge Distillation for anomaly detection.
 
-A normalizing-flow teacher models the density of normal features; a feed-forward, dual-domain (spatial +
-frequency) student learns to reproduce the teacher's latent from noisy features. Their discrepancy is the anomaly
-map (:mod:`~anomalib_dhkd.models.dhkd.torch_model`, :mod:`~anomalib_dhkd.models.dhkd.loss`).
+Our reading of "Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via Knowledge Distillation"
+(model README). A normalizing-flow teacher models the density of normal features; a feed-forward, dual-domain (spatial +
+frequency) student learns to reproduce the teacher's latent from noisy features. Their discrepancy is the anomaly map
+(:mod:`~anomalib_dhkd.models.dhkd.torch_model`, :mod:`~anomalib_dhkd.models.dhkd.loss`).
 
 Training: for ``teacher_warmup_epochs`` only the teacher trains (maximum likelihood); then, with ``freeze_teacher``,
 only the student is distilled against the frozen teacher, in two stages as AST (Rudolph et al., WACV 2023) trains its
@@ -13,7 +14,7 @@ Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_dhkd import Dhkd
-    >>> model = Dhkd(backbone="tf_efficientnet_lite0")
+    >>> model = Dhkd(backbone="tf_efficientnet_lite0")  # offline ImageNet weights needed  # doctest: +SKIP
     >>> Engine().train(model=model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
 
 """
@@ -77,6 +78,19 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
         evaluator: Evaluator instance or flag to use the default (image AUROC; pixel AUROC and PRO when testing).
         visualizer: Visualizer instance or flag to use the default. Defaults to ``True``.
 
+    Raises:
+        ValueError: For a warm-up outside ``[0, max_epochs)``, ``freeze_teacher`` without a warm-up, negative noise
+            settings, or an unknown layer name.
+        RuntimeError: If the ImageNet weights cannot be loaded.
+
+    Example:
+        A short budget keeps a warm-up and a frozen teacher (``pre_trained=False`` here only to run without the
+        weights):
+
+        >>> model = Dhkd(backbone="resnet18", pre_trained=False, max_epochs=4)
+        >>> model.teacher_warmup_epochs, model.freeze_teacher
+        (2, True)
+
     """
 
     FEATURE_TAP_NAME = "batch_norm"  # DhkdModel.feature_norms; the encoder's own batch norms fold into convolutions
@@ -133,12 +147,25 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
 
     @classmethod
     def recognises(cls, hyper_parameters: Mapping[str, Any]) -> bool:
-        """DHKD's hyper-parameters, grouped or in the former flat form."""
+        """Return whether a checkpoint's hyper-parameters are DHKD's, grouped or flat (:func:`grouped_arguments`).
+
+        Args:
+            hyper_parameters: The checkpoint's ``hyper_parameters``.
+
+        Returns:
+            ``True`` if every setting, after grouping, is a constructor argument.
+
+        """
         grouped = grouped_arguments(hyper_parameters)
         return super().recognises(hyper_parameters if grouped is None else grouped)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the network from a checkpoint saved with the former flat arguments, before its weights load."""
+        """Rebuild the network from a checkpoint saved with flat arguments, before its weights load.
+
+        Args:
+            checkpoint: The loaded checkpoint; flat hyper-parameters are replaced by grouped ones.
+
+        """
         hyper_parameters = checkpoint.get("hyper_parameters", {})
         grouped = grouped_arguments(hyper_parameters)
         if grouped is not None and self.recognises(hyper_parameters):
@@ -151,11 +178,25 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
 
     def configure_optimizers(self) -> optim.Adam:
-        """Adam over the teacher flows and the students; the encoder is frozen."""
+        """Adam over the teacher flows and the students; the encoder is frozen.
+
+        Returns:
+            The optimiser, with the constructor's ``learning_rate`` and weight decay 1e-5.
+
+        """
         parameters = [*self.model.teachers.parameters(), *self.model.students.parameters()]
         return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
-        """DHKD's loss terms: the teacher's during the warm-up, then the student's (and the teacher's if not frozen)."""
+        """Return DHKD's loss terms: the teacher's in the warm-up, then the student's (and the teacher's unless frozen).
+
+        Args:
+            batch: Training batch of normal images.
+
+        Returns:
+            ``total`` and the terms ``nll``, ``jacobian``, ``distillation`` and ``affinity`` (``None`` in the
+            warm-up, when the students do not run).
+
+        """
         schedule = {"train_teacher": self.training_teacher, "train_student": self.training_student}
         return self.loss(*self.model(batch.image, **schedule), **schedule)._asdict()

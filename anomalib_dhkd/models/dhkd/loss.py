@@ -1,15 +1,18 @@
 """Training objective of DHKD.
 
+Our reading of the objective of "Unsupervised Image Anomaly Detection with Denoised Heterogeneous Networks via
+Knowledge Distillation" (model README):
+
 ``L = w_nll * L_nll(T) + w_jac * L_jac(T) + w_kd * L_kd(S, T) + w_aff * L_aff(S, T)``
 
 * ``L_nll``: negative log-likelihood of the (dequantised) features under the flow teacher (per dimension).
 * ``L_jac``: the teacher regulariser, the squared per-dimension log-determinant. It keeps the flow close to
   volume-preserving, so that the teacher cannot whiten normal features by shrinking the whole space (which
   would also shrink the teacher-student discrepancy of anomalies). Our choice; the paper does not name one.
-* ``L_kd``: the student, fed noisy features, regresses the teacher's latent of the clean features (mean squared
-  error against a detached target, so distillation never moves the teacher).
+* ``L_kd``: the student, fed noisy features, regresses the teacher's latent of the clean features (the paper's
+  Sec. 3.2; mean squared error against a detached target, so distillation never moves the teacher).
 * ``L_aff``: the teacher-student affinity loss (spatial self-similarity matrices, see
-  :class:`anomalib_dhkd.components.AffinityLoss`).
+  :class:`anomalib_dhkd.components.losses.AffinityLoss`).
 
 During the teacher warm-up only the teacher terms are used, and once the teacher is frozen only the student terms
 (see :class:`anomalib_dhkd.models.dhkd.Dhkd`).
@@ -53,7 +56,16 @@ class DhkdLossTerms(NamedTuple):
 
 
 def check_something_trains(train_teacher: bool, train_student: bool) -> None:
-    """Raise ``ValueError`` unless the teacher or the student trains."""
+    """Raise ``ValueError`` unless the teacher or the student trains.
+
+    Args:
+        train_teacher: Whether the teacher trains.
+        train_student: Whether the student trains.
+
+    Raises:
+        ValueError: If neither trains.
+
+    """
     if not (train_teacher or train_student):
         msg = "At least one of teacher and student must train."
         raise ValueError(msg)
@@ -66,6 +78,14 @@ class DhkdLoss(nn.Module):
         distillation_weight: Weight of the student-to-teacher regression.
         affinity_weight: Weight of the affinity loss.
         jacobian_weight: Weight of the teacher log-determinant regulariser.
+
+    Example:
+        During the teacher warm-up the students do not run, and only the teacher's terms exist:
+
+        >>> latents, log_dets = [torch.randn(2, 4, 8, 8)], [torch.zeros(2)]
+        >>> terms = DhkdLoss()(latents, log_dets, None, None, train_student=False)
+        >>> terms.distillation is None, terms.total.shape
+        (True, torch.Size([]))
 
     """
 
@@ -101,6 +121,9 @@ class DhkdLoss(nn.Module):
                 ``student_latents``.
             train_student: ``False`` during the teacher warm-up: the student terms are reported but not added.
             train_teacher: ``False`` once the teacher is frozen: the teacher terms are reported but not added.
+
+        Returns:
+            The total to optimise and the unweighted terms to log.
 
         Raises:
             ValueError: If neither the teacher nor the student trains, or the student trains without latents.

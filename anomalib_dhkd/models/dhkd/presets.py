@@ -1,8 +1,11 @@
 """DHKD presets: the offline EfficientNet-Lite0 configuration used by the demo and the benchmarks.
 
+The settings were measured with the benchmark suite (model README, "Settings that matter" and "Ablation of the
+choices kept").
+
 Example:
     >>> from anomalib_dhkd.models import offline_dhkd
-    >>> model = offline_dhkd(image_size=64, max_epochs=2, teacher_warmup_epochs=1)  # doctest: +SKIP
+    >>> model = offline_dhkd(image_size=64, max_epochs=2)  # offline ImageNet weights needed  # doctest: +SKIP
 
 """
 
@@ -19,10 +22,10 @@ OFFLINE_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 # score_layers).
 OFFLINE_SCORE_LAYERS = ("blocks.4", "blocks.6")
 # With either encoder each student has one dual-domain block, not the model default's two: a smaller student
-# reproduces the teacher less well off the normal manifold (model README, "One dual-domain block per student").
+# reproduces the teacher less well off the normal manifold (model README, "Ablation of the choices kept").
 ONE_BLOCK_STUDENT = DenoisingStudentConfig(blocks=1)
 # The map adds the discrepancy coherence of blocks.4 (7 x 7 cells) and of the score-only blocks.6 (3 x 3 cells, the
-# same 112 px), weighted 0.15 and 0.25 (model README, "Discrepancy coherence").
+# same 112 px), weighted 0.15 and 0.25 (model README, "Ablation of the choices kept").
 PRETRAINED_ENCODER_PRESET: dict[str, Any] = {
     "layers": OFFLINE_LAYERS,
     "student": ONE_BLOCK_STUDENT,
@@ -41,7 +44,19 @@ RANDOM_ENCODER_PRESET: dict[str, Any] = {
 
 
 def offline_preset(pre_trained: bool) -> dict[str, Any]:
-    """Return the offline preset's layers, scoring and training settings, with or without ImageNet weights."""
+    """Return the offline preset's layers, student and scoring settings, with or without ImageNet weights.
+
+    Args:
+        pre_trained: Whether the encoder has ImageNet weights.
+
+    Returns:
+        A copy of :data:`PRETRAINED_ENCODER_PRESET` or :data:`RANDOM_ENCODER_PRESET`, as :class:`Dhkd` arguments.
+
+    Example:
+        >>> offline_preset(False)["layers"]
+        ('blocks.2', 'blocks.4')
+
+    """
     return dict(PRETRAINED_ENCODER_PRESET if pre_trained else RANDOM_ENCODER_PRESET)
 
 
@@ -61,6 +76,11 @@ def offline_dhkd(image_size: int = 256, pre_trained: bool = True, **overrides: A
 
     Returns:
         The model, with a pre-processor that resizes to ``image_size`` and normalises with the backbone's statistics.
+
+    Example:
+        >>> model = offline_dhkd(image_size=64, pre_trained=False, max_epochs=2)
+        >>> model.hparams.layers, model.teacher_warmup_epochs
+        (('blocks.2', 'blocks.4'), 1)
 
     """
     arguments = {

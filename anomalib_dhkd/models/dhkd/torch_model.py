@@ -32,7 +32,7 @@ from anomalib_dhkd.models.dhkd.anomaly_map import dhkd_scorer
 from anomalib_dhkd.models.dhkd.loss import check_something_trains
 from anomalib_dhkd.models.network import TeacherStudentNetwork
 
-# State-dict prefixes of the scoring modules before they moved into the scorer.
+# Scoring-module prefixes of checkpoints whose scoring modules sat on the network itself, so that those still load.
 LEGACY_SCORING_PREFIXES = {
     "position_statistics.": "scorer.position_statistics.",
     "score_fusion.": "scorer.score_fusion.",
@@ -52,11 +52,23 @@ class DhkdTrainingOutput(NamedTuple):
 
 
 def flow_condition_channels(channels: int, condition_channels: int) -> int:
-    """Positional-encoding channels of the flow on ``channels`` features: at most as many as it has features.
+    """Return the positional-encoding channels of the flow on ``channels`` features: at most as many as it has.
 
-    A coupling sub-network is as wide as its input, half the features plus the encoding, so 64 encoding channels made
-    the flow on the 24 channels of ``tf_efficientnet_lite0``'s ``blocks.1`` the costliest part of a training step.
-    Rounded down to a multiple of 4, as the 2-D sinusoidal encoding needs.
+    A coupling sub-network is as wide as its input, half the features plus the encoding, so 64 encoding channels
+    would make the flow on the 24 channels of ``tf_efficientnet_lite0``'s ``blocks.1`` the costliest part of a
+    training step. Rounded down to a multiple of 4, as the 2-D sinusoidal encoding needs.
+
+    Args:
+        channels: Feature channels of the layer.
+        condition_channels: Requested encoding channels (``FlowTeacherConfig.condition_channels``).
+
+    Returns:
+        The encoding channels for this layer's flow.
+
+    Example:
+        >>> flow_condition_channels(24, 64), flow_condition_channels(30, 64), flow_condition_channels(320, 64)
+        (24, 28, 64)
+
     """
     return min(condition_channels, channels - channels % 4)
 
@@ -135,7 +147,16 @@ class DhkdModel(TeacherStudentNetwork):
         self.to(memory_format=torch.channels_last)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen encoder features, standardised per channel with running statistics of the training data."""
+        """Return the frozen encoder's features, standardised per channel with running statistics of training data.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            Per-layer features ``(N, C_k, h_k, w_k)``; in training mode standardised with the batch's statistics,
+            which update the running ones.
+
+        """
         self.encoder.eval()
         with torch.no_grad():
             features = self.encoder(images).values()
@@ -147,7 +168,17 @@ class DhkdModel(TeacherStudentNetwork):
         train_teacher: bool = True,
         train_student: bool = True,
     ) -> DhkdTrainingOutput:
-        """Per-layer teacher and student outputs of a batch of normal images (:meth:`distillation_outputs`)."""
+        """Return the per-layer teacher and student outputs of a batch of normal images.
+
+        Args:
+            images: Pre-processed normal images ``(N, 3, H, W)``.
+            train_teacher: See :meth:`distillation_outputs`.
+            train_student: See :meth:`distillation_outputs`.
+
+        Returns:
+            The inputs of :class:`~anomalib_dhkd.models.dhkd.loss.DhkdLoss`.
+
+        """
         return self.distillation_outputs(self.extract_features(images), train_teacher, train_student)
 
     def distillation_outputs(
@@ -168,6 +199,10 @@ class DhkdModel(TeacherStudentNetwork):
             train_teacher: ``False`` once the teacher is frozen: one gradient-free teacher pass over the clean
                 features gives both the reported likelihood and the student's targets.
             train_student: ``False`` during the teacher warm-up: the students do not run.
+
+        Returns:
+            Teacher latents and log-determinants, student latents and their targets (both ``None`` without
+            ``train_student``).
 
         Raises:
             ValueError: If neither the teacher nor the student trains.
@@ -201,7 +236,15 @@ class DhkdModel(TeacherStudentNetwork):
         return list(latents), list(log_dets)
 
     def scoring_input(self, images: torch.Tensor) -> ScoringInput:
-        """Teacher latents and student predictions of the clean features of ``images``, for the scorer."""
+        """Return the teacher latents and student predictions of the clean features of ``images``, for the scorer.
+
+        Args:
+            images: Pre-processed images ``(N, 3, H, W)``.
+
+        Returns:
+            Per-layer latents and predictions of every extracted layer (map and score-only), and the image size.
+
+        """
         features = self.extract_features(images)
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
