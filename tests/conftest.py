@@ -62,6 +62,19 @@ def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
     return Dhkd(**{**arguments, **overrides})
 
 
+def tiny_bikd(**overrides: object) -> "Bikd":  # noqa: F821
+    """A small Bikd (random teacher, 2 epochs) that trains in seconds at 64 px."""
+    from anomalib_dhkd import Bikd
+
+    arguments = {
+        **TINY_BACKBONE,
+        "pre_trained": False,
+        "max_epochs": 2,
+        "pre_processor": Bikd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
+    }
+    return Bikd(**{**arguments, **overrides})
+
+
 def tiny_asymmetric_ts(**overrides: object) -> "AsymmetricTs":  # noqa: F821
     """A small AsymmetricTs (random teacher, 2 epochs) that trains in seconds at 64 px."""
     from anomalib_dhkd import AsymmetricTs

@@ -16,6 +16,7 @@ from types import ModuleType
 
 from anomalib_dhkd.models.asymmetric_ts import AsymmetricTs
 from anomalib_dhkd.models.base import KnowledgeDistillationModule
+from anomalib_dhkd.models.bikd import Bikd
 from anomalib_dhkd.models.dhkd import (
     OFFLINE_BACKBONE,
     OFFLINE_LAYERS,
@@ -26,7 +27,7 @@ from anomalib_dhkd.models.dhkd import (
 )
 
 # Every model of the family: registered with anomalib, covered by the contract tests and the benchmark suite.
-MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd, AsymmetricTs)
+MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd, AsymmetricTs, Bikd)
 
 __all__ = [
     "MODELS",
@@ -34,6 +35,7 @@ __all__ = [
     "OFFLINE_LAYERS",
     "OFFLINE_SCORE_LAYERS",
     "AsymmetricTs",
+    "Bikd",
     "Dhkd",
     "KnowledgeDistillationModule",
     "offline_dhkd",

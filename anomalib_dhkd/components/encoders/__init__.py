@@ -1,5 +1,6 @@
-"""Encoders: frozen pretrained (or random) feature extractors shared by the teachers of the family."""
+"""Encoders: frozen (pretrained or random) feature extractors; the bottleneck and decoder of reverse distillation."""
 
+from anomalib_dhkd.components.encoders.decoder import OneClassBottleneck, PyramidDecoder, stride_exponents
 from anomalib_dhkd.components.encoders.feature_extractor import (
     backbone_pre_processor,
     build_encoder,
@@ -8,4 +9,13 @@ from anomalib_dhkd.components.encoders.feature_extractor import (
     feature_layers,
 )
 
-__all__ = ["backbone_pre_processor", "build_encoder", "default_layers", "encoder_layer_names", "feature_layers"]
+__all__ = [
+    "OneClassBottleneck",
+    "PyramidDecoder",
+    "backbone_pre_processor",
+    "build_encoder",
+    "default_layers",
+    "encoder_layer_names",
+    "feature_layers",
+    "stride_exponents",
+]

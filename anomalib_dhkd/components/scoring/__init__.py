@@ -9,10 +9,17 @@ from anomalib_dhkd.components.scoring.discrepancy import (
 from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion, top_fraction_mean
 from anomalib_dhkd.components.scoring.global_statistics import GaussianDistance, channel_statistics, vector_moments
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments, mean_and_std
-from anomalib_dhkd.components.scoring.scorer import DiscrepancyScorer, ScoringConfig, ScoringInput
+from anomalib_dhkd.components.scoring.scorer import (
+    PLAIN_MAP,
+    DiscrepancyScorer,
+    ScoringConfig,
+    ScoringInput,
+    decide_scoring,
+)
 from anomalib_dhkd.components.scoring.smoothing import GaussianBlur
 
 __all__ = [
+    "PLAIN_MAP",
     "DiscrepancyScorer",
     "GaussianBlur",
     "GaussianDistance",
@@ -24,6 +31,7 @@ __all__ = [
     "ScoringInput",
     "channel_statistics",
     "coherence_windows",
+    "decide_scoring",
     "discrepancy_coherence",
     "map_moments",
     "mean_and_std",

@@ -22,6 +22,7 @@ Example:
 
 """
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -83,6 +84,32 @@ class ScoringConfig:
         """
         optional = {"score_blur_sigma", "coherence_layers"}
         return [f.name for f in fields(self) if getattr(self, f.name) is None and f.name not in optional]
+
+
+PLAIN_MAP = {"standardize_map": False, "global_score": False, "coherence_weight": 0.0}
+"""Decisions for a plain map: raw discrepancies fused, no global statistics, no coherence (STFPM-like models)."""
+
+
+def decide_scoring(config: ScoringConfig, layers: Sequence[str], **decisions: object) -> ScoringConfig:
+    """Fill the settings ``config`` leaves as ``None``: ``score_layers`` with ``layers``, the others from ``decisions``.
+
+    Args:
+        config: The user's settings.
+        layers: The model's layers, which score the image when ``score_layers`` is ``None``.
+        **decisions: The model's choice for each other setting, used where ``config`` has ``None``.
+
+    Returns:
+        The settings with those ``None`` values decided; the user's own values are kept.
+
+    Example:
+        >>> decided = decide_scoring(ScoringConfig(global_score=True), ["a", "b"], **PLAIN_MAP)
+        >>> decided.score_layers, decided.standardize_map, decided.global_score
+        (['a', 'b'], False, True)
+
+    """
+    undecided = {name: value for name, value in decisions.items() if getattr(config, name) is None}
+    score_layers = list(config.score_layers) if config.score_layers is not None else list(layers)
+    return dataclasses.replace(config, score_layers=score_layers, **undecided)
 
 
 class ScoringInput(NamedTuple):

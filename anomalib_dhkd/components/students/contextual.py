@@ -19,6 +19,8 @@ import torch.nn.functional as F  # noqa: N812
 from einops import rearrange
 from torch import nn
 
+from anomalib_dhkd.components.encoders.decoder import stride_exponents
+
 
 def conv_norm(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> list:
     """Return a convolution without bias followed by BatchNorm, as a list to splice into ``nn.Sequential``.
@@ -191,13 +193,10 @@ class ContextualStudent(nn.Module):
         self, channels: Sequence[int], strides: Sequence[int], blocks: int = 1, contextual: bool = True
     ) -> None:
         super().__init__()
-        steps = [math.log2(stride) for stride in strides]
-        if any(step < 1 or not step.is_integer() for step in steps) or sorted(set(steps)) != steps:
-            msg = f"Student strides must be increasing powers of two above 1, got {list(strides)}."
-            raise ValueError(msg)
+        steps = stride_exponents(strides)
         self.stages = nn.ModuleList()
         previous_channels, previous_step = 3, 0
-        for stage_channels, step in zip(channels, map(int, steps), strict=True):
+        for stage_channels, step in zip(channels, steps, strict=True):
             downsampling = []
             for _ in range(step - previous_step):
                 downsampling += [*conv_norm(previous_channels, stage_channels, 3, stride=2), nn.ReLU()]

@@ -7,34 +7,15 @@ different sizes" without saying how; the scales are upsampled and averaged by th
 highest 1 % (model README, "Our reading where the paper is vague").
 """
 
-import dataclasses
 from collections.abc import Sequence
 
-from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringConfig, normalized_discrepancy
-
-# What AsymmetricTs decides when the scoring settings leave it open: the plain fused STFPM map, no global statistics
-# and no coherence (the model README's ablation).
-UNDECIDED_SCORING = {"standardize_map": False, "global_score": False, "coherence_weight": 0.0}
-
-
-def resolve_scoring(layers: Sequence[str], config: ScoringConfig) -> ScoringConfig:
-    """Decide the settings ``config`` leaves as ``None``: every layer scores, plain map, no additions.
-
-    Args:
-        layers: The model's layers, shallowest first.
-        config: Scoring settings; values already set are kept.
-
-    Returns:
-        The settings with nothing left undecided.
-
-    Example:
-        >>> resolve_scoring(["a", "b"], ScoringConfig()).score_layers
-        ['a', 'b']
-
-    """
-    decided = {name: value for name, value in UNDECIDED_SCORING.items() if getattr(config, name) is None}
-    score_layers = list(config.score_layers) if config.score_layers is not None else list(layers)
-    return dataclasses.replace(config, score_layers=score_layers, **decided)
+from anomalib_dhkd.components.scoring import (
+    PLAIN_MAP,
+    DiscrepancyScorer,
+    ScoringConfig,
+    decide_scoring,
+    normalized_discrepancy,
+)
 
 
 def asymmetric_ts_scorer(
@@ -46,7 +27,7 @@ def asymmetric_ts_scorer(
         layers: Teacher layers, shallowest first.
         channels: Teacher channels of each layer.
         strides: Stride of each layer in pixels.
-        config: Scoring settings; ``None`` values are decided by :func:`resolve_scoring`.
+        config: Scoring settings; ``None`` values: every layer scores, plain map (:data:`PLAIN_MAP`).
 
     Returns:
         The scorer.
@@ -58,5 +39,10 @@ def asymmetric_ts_scorer(
 
     """
     return DiscrepancyScorer(
-        layers, channels, strides, layers, resolve_scoring(layers, config), discrepancy=normalized_discrepancy
+        layers,
+        channels,
+        strides,
+        layers,
+        decide_scoring(config, layers, **PLAIN_MAP),
+        discrepancy=normalized_discrepancy,
     )

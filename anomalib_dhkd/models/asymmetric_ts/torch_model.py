@@ -58,8 +58,8 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         pre_trained: Load the backbone's ImageNet weights.
         student: Student settings.
         eman_momentum: Share of the teacher's BatchNorm statistics kept per training step; ``1``: fixed (plain BN).
-        scoring: Scoring settings; ``None`` values are decided in
-            :func:`~anomalib_dhkd.models.asymmetric_ts.anomaly_map.resolve_scoring`.
+        scoring: Scoring settings; ``None`` values: every layer scores, plain map
+            (:data:`~anomalib_dhkd.components.scoring.PLAIN_MAP`).
 
     Raises:
         ValueError: For an unknown layer name, ``eman_momentum`` outside ``[0, 1]``, or a backbone without BatchNorm

@@ -1,0 +1,58 @@
+"""Anomaly map and image score of Bikd: both directions' discrepancies, every scale, fused.
+
+Each direction gives per-scale maps ``0.5 * ||T_k/|T_k| - X_k/|X_k|||^2 = 1 - cos(T_k, X_k)`` over channels, with
+``X`` the forward student's features or the reverse decoder's reconstruction. The scorer sees them as ``2K`` layers
+(``forward.<layer>`` and ``reverse.<layer>``), averages their upsampled maps, smooths the result and scores the image
+by the map's highest 1 % (:class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer`, plain map settings).
+"""
+
+from collections.abc import Sequence
+
+from anomalib_dhkd.components.scoring import (
+    PLAIN_MAP,
+    DiscrepancyScorer,
+    ScoringConfig,
+    decide_scoring,
+    normalized_discrepancy,
+)
+
+DIRECTIONS = ("forward", "reverse")
+
+
+def branch_layers(layers: Sequence[str]) -> list[str]:
+    """Name each direction's scales for the scorer, forward first.
+
+    Example:
+        >>> branch_layers(["layer1", "layer2"])
+        ['forward.layer1', 'forward.layer2', 'reverse.layer1', 'reverse.layer2']
+
+    """
+    return [f"{direction}.{layer}" for direction in DIRECTIONS for layer in layers]
+
+
+def bikd_scorer(
+    layers: Sequence[str], channels: Sequence[int], strides: Sequence[int], config: ScoringConfig
+) -> DiscrepancyScorer:
+    """Build Bikd's scorer over both directions' scales.
+
+    Args:
+        layers: Teacher layers, shallowest first.
+        channels: Teacher channels of each layer.
+        strides: Stride of each layer in pixels.
+        config: Scoring settings, with layer names of :func:`branch_layers`; ``None`` values: every scale of both
+            directions scores, plain map (:data:`~anomalib_dhkd.components.scoring.PLAIN_MAP`).
+
+    Returns:
+        The scorer; it takes ``ScoringInput([*T, *T], [*F, *R], size)``.
+
+    Example:
+        >>> scorer = bikd_scorer(["a"], [8], [8], ScoringConfig())
+        >>> scorer.map_indices, scorer.score_indices
+        ([0, 1], [0, 1])
+
+    """
+    names = branch_layers(layers)
+    decided = decide_scoring(config, names, **PLAIN_MAP)
+    return DiscrepancyScorer(
+        names, [*channels, *channels], [*strides, *strides], names, decided, discrepancy=normalized_discrepancy
+    )

@@ -1,0 +1,83 @@
+"""PyTorch model of Bikd: bidirectional knowledge distillation.
+
+Our reading of "Unsupervised anomaly detection and localization via bidirectional knowledge distillation" (Wang,
+Wang, Pan, Wang; Neural Computing and Applications 36, 2024). A frozen pretrained teacher encodes the image into
+``K`` scales. Two students learn it in opposite directions:
+
+    images --> teacher (frozen) --> T_k
+    images --> forward student (the teacher's topology, random init) --> F_k     (forward KD, as STFPM)
+    T --> one-class bottleneck --> pyramid decoder --> R_k                        (backward KD, as reverse distillation)
+    loss: d(T, F) + (1 - cos)(T, R) + exchange_weight * d(F, R)                    (loss.py)
+    map and score: DiscrepancyScorer over 1 - cos of (T, F) and (T, R), every scale (anomaly_map.py)
+
+The forward student generalises (it sees the image itself); the reverse branch cannot represent what the bottleneck
+never saw; the exchange term keeps their targets consistent.
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+
+from anomalib_dhkd.components.encoders import OneClassBottleneck, PyramidDecoder, build_encoder
+from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
+from anomalib_dhkd.models.bikd.anomaly_map import bikd_scorer
+from anomalib_dhkd.models.network import TeacherStudentNetwork
+
+
+class BikdTrainingOutput(NamedTuple):
+    """Per-scale features of a training batch: the teacher's, the forward student's and the reverse decoder's."""
+
+    teacher: list[torch.Tensor]
+    forward_student: list[torch.Tensor]
+    reverse_student: list[torch.Tensor]
+
+
+class BikdModel(TeacherStudentNetwork):
+    """Bikd network: frozen teacher, forward student, reverse bottleneck and decoder, scorer.
+
+    Args:
+        backbone: timm backbone of the teacher and (randomly initialised) of the forward student.
+        layers: Teacher layers, shallowest first.
+        pre_trained: Load the teacher's ImageNet weights.
+        scoring: Scoring settings; ``None`` values: every scale of both directions scores, plain map.
+
+    Example:
+        >>> model = BikdModel("resnet18", ["layer1", "layer2"], False, ScoringConfig())
+        >>> model.eval()(torch.rand(1, 3, 64, 64)).anomaly_map.shape
+        torch.Size([1, 1, 64, 64])
+
+    """
+
+    def __init__(self, backbone: str, layers: Sequence[str], pre_trained: bool, scoring: ScoringConfig) -> None:
+        super().__init__()
+        self.teacher = build_encoder(backbone, layers, pre_trained)
+        layers = list(self.teacher.layers)
+        channels = list(self.teacher.out_dims)
+        strides = self.teacher.feature_extractor.feature_info.reduction()
+        self.forward_student = TimmFeatureExtractor(backbone, layers, pre_trained=False, requires_grad=True)
+        self.bottleneck = OneClassBottleneck(channels, strides)
+        self.decoder = PyramidDecoder(channels, strides)
+        self.scorer = bikd_scorer(layers, channels, strides, scoring)
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the frozen teacher's features of ``images`` per scale."""
+        self.teacher.eval()
+        return list(self.teacher(images).values())
+
+    def training_outputs(self, images: torch.Tensor, **schedule: bool) -> BikdTrainingOutput:
+        """Return the teacher's, forward student's and reverse decoder's features of normal training images."""
+        del schedule  # the teacher never trains
+        teacher = self.teacher_features(images)
+        return BikdTrainingOutput(teacher, list(self.forward_student(images).values()), self.reconstruct(teacher))
+
+    def reconstruct(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the reverse branch's reconstruction of the teacher's scales from their bottleneck embedding."""
+        return self.decoder(self.bottleneck(teacher), sizes=[tuple(t.shape[-2:]) for t in teacher])
+
+    def scoring_input(self, images: torch.Tensor) -> ScoringInput:
+        """Return both directions' features of ``images`` for the scorer: teacher twice, forward then reverse."""
+        teacher = self.teacher_features(images)
+        students = [*self.forward_student(images).values(), *self.reconstruct(teacher)]
+        return ScoringInput([*teacher, *teacher], students, images.shape[-2:])
