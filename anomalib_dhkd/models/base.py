@@ -25,7 +25,7 @@ import inspect
 import logging
 import math
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -42,6 +42,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Normalize
 
 from anomalib_dhkd.components.encoders import backbone_pre_processor
 from anomalib_dhkd.models.callbacks import RandomStateCheckpoint
@@ -381,6 +382,45 @@ class KnowledgeDistillationModule:
 
         """
         return backbone_pre_processor(backbone, image_size)
+
+    def input_normalization(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the mean and standard deviation ``(1, C, 1, 1)`` the pre-processor normalises images with.
+
+        Args:
+            device: Device of the returned tensors.
+
+        Returns:
+            The ``Normalize`` transform's mean and std; 0 and 1 when the pre-processor does not normalise.
+
+        """
+        transform = getattr(self.pre_processor, "transform", None)
+        for step in getattr(transform, "transforms", [transform]):
+            if isinstance(step, Normalize):
+                mean, std = (
+                    torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (step.mean, step.std)
+                )
+                return mean, std
+        return torch.zeros(1, 1, 1, 1, device=device), torch.ones(1, 1, 1, 1, device=device)
+
+    def synthesize_anomalies(
+        self, images: torch.Tensor, synthesizer: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paint synthetic anomalies on pre-processed (normalised) training images.
+
+        The synthesizer works on images in ``[0, 1]``: the images are de-normalised, painted and normalised again.
+
+        Args:
+            images: Pre-processed images ``(N, C, H, W)``, as ``training_step`` receives them.
+            synthesizer: Maps images in ``[0, 1]`` to augmented images and anomaly masks ``(N, 1, H, W)``
+                (e.g. :class:`~anomalib_dhkd.components.synthesis.ForegroundAnomalies`).
+
+        Returns:
+            The augmented images, normalised like ``images``, and the anomaly masks.
+
+        """
+        mean, std = self.input_normalization(images.device)
+        augmented, masks = synthesizer((images * std + mean).clamp(0, 1))
+        return (augmented - mean) / std, masks
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

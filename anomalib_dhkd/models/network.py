@@ -28,12 +28,13 @@ class TeacherStudentNetwork(nn.Module):
 
     scorer: DiscrepancyScorer
 
-    def training_outputs(self, images: torch.Tensor, **schedule: bool) -> Any:
+    def training_outputs(self, images: torch.Tensor, **options: Any) -> Any:
         """Return what the model's loss needs from a batch of normal training images.
 
         Args:
             images: Pre-processed images ``(N, 3, H, W)``.
-            **schedule: The Lightning module's schedule flags (``train_teacher``, ``train_student``).
+            **options: What the model needs besides the images: schedule flags (``train_teacher``, ``train_student``),
+                augmented images.
 
         Returns:
             The model's training output, the input of its loss.
@@ -80,18 +81,18 @@ class TeacherStudentNetwork(nn.Module):
         finally:
             self.train(was_training)
 
-    def forward(self, images: torch.Tensor, **schedule: bool) -> Any:
+    def forward(self, images: torch.Tensor, **options: Any) -> Any:
         """Return the training outputs in training mode (:meth:`training_outputs`), else an ``InferenceBatch``.
 
         Args:
             images: Pre-processed images ``(N, 3, H, W)``.
-            **schedule: Schedule flags passed on to :meth:`training_outputs`; ignored in evaluation mode.
+            **options: Passed on to :meth:`training_outputs`; ignored in evaluation mode.
 
         Returns:
             In training mode what the loss needs; else ``pred_score`` ``(N,)`` and ``anomaly_map`` ``(N, 1, H, W)``.
 
         """
         if self.training:
-            return self.training_outputs(images, **schedule)
+            return self.training_outputs(images, **options)
         result: InferenceBatch = self.scorer(self.scoring_input(images))
         return result

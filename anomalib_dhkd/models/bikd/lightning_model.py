@@ -28,6 +28,7 @@ from torch import optim
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import ScoringConfig
+from anomalib_dhkd.components.synthesis import ForegroundAnomalies
 from anomalib_dhkd.models.base import KnowledgeDistillationModule, as_settings
 from anomalib_dhkd.models.bikd.loss import BikdLoss
 from anomalib_dhkd.models.bikd.torch_model import BikdModel
@@ -44,6 +45,10 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         pre_trained: Load ImageNet weights into the teacher. Defaults to ``True``.
         exchange_weight: Weight of the consistency between the forward student and the reverse decoder; ``0``: the
             two directions train independently. Defaults to ``0.5``.
+        anomaly_probability: Share of training images that get a synthetic anomaly on the object, which the students
+            learn to undo; ``0``: none. Defaults to ``0.5``.
+        anomaly_source_path: Folder of texture images for the anomalies (a DTD folder); ``None``: anomalib's
+            Perlin-noise textures, which need no download. Defaults to ``None``.
         scoring: Anomaly map and image score settings; layer names are ``forward.<layer>`` and ``reverse.<layer>``;
             ``None`` values: every scale of both directions scores, plain map. Defaults to ``ScoringConfig()``.
         learning_rate: Adam learning rate of the forward student, bottleneck and decoder. Defaults to ``1e-3``.
@@ -66,6 +71,8 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         exchange_weight: float = 0.5,
+        anomaly_probability: float = 0.5,
+        anomaly_source_path: str | None = None,
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008 (frozen dataclass)
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
@@ -86,6 +93,7 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         layers = list(layers or default_layers(backbone))
         self.model = BikdModel(backbone, layers, pre_trained, as_settings(ScoringConfig, scoring))
         self.loss = BikdLoss(exchange_weight)
+        self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability) if anomaly_probability else None
 
     def configure_optimizers(self) -> optim.Adam:
         """Return Adam over the forward student, the bottleneck and the decoder; the teacher is frozen."""
@@ -94,5 +102,6 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
-        """Return Bikd's loss and its terms for a batch of normal images."""
-        return self.loss(*self.model(batch.image))._asdict()
+        """Return Bikd's loss and its terms for a batch of normal images (with synthetic anomalies, if any)."""
+        augmented = None if self.anomalies is None else self.synthesize_anomalies(batch.image, self.anomalies)[0]
+        return self.loss(*self.model(batch.image, augmented=augmented))._asdict()

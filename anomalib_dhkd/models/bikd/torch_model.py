@@ -7,6 +7,7 @@ Wang, Pan, Wang; Neural Computing and Applications 36, 2024). A frozen pretraine
     images --> teacher (frozen) --> T_k
     images --> forward student (the teacher's topology, random init) --> F_k     (forward KD, as STFPM)
     T --> one-class bottleneck --> pyramid decoder --> R_k                        (backward KD, as reverse distillation)
+    training: both students get the image with synthetic anomalies on the object, the targets T of the clean image
     loss: d(T, F) + (1 - cos)(T, R) + exchange_weight * d(F, R)                    (loss.py)
     map and score: DiscrepancyScorer over 1 - cos of (T, F) and (T, R), every scale (anomaly_map.py)
 
@@ -66,11 +67,28 @@ class BikdModel(TeacherStudentNetwork):
         self.teacher.eval()
         return list(self.teacher(images).values())
 
-    def training_outputs(self, images: torch.Tensor, **schedule: bool) -> BikdTrainingOutput:
-        """Return the teacher's, forward student's and reverse decoder's features of normal training images."""
-        del schedule  # the teacher never trains
+    def training_outputs(
+        self, images: torch.Tensor, augmented: torch.Tensor | None = None, **schedule: bool
+    ) -> BikdTrainingOutput:
+        """Return the teacher's features of normal images and both students' features of their augmented copies.
+
+        Args:
+            images: Normal training images.
+            augmented: The same images with synthetic anomalies; the students learn to give the teacher's features
+                of the clean images from them. ``None``: the images themselves.
+            **schedule: Unused: the teacher never trains.
+
+        Returns:
+            Teacher, forward-student and reverse-decoder features per scale.
+
+        """
+        del schedule
+        augmented = images if augmented is None else augmented
         teacher = self.teacher_features(images)
-        return BikdTrainingOutput(teacher, list(self.forward_student(images).values()), self.reconstruct(teacher))
+        noisy_teacher = teacher if augmented is images else self.teacher_features(augmented)
+        sizes = [tuple(t.shape[-2:]) for t in teacher]
+        reverse = self.decoder(self.bottleneck(noisy_teacher), sizes=sizes)
+        return BikdTrainingOutput(teacher, list(self.forward_student(augmented).values()), reverse)
 
     def reconstruct(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the reverse branch's reconstruction of the teacher's scales from their bottleneck embedding."""
