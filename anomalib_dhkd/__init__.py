@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from anomalib_dhkd._lazy import lazy_attributes
 
 __version__ = "0.1.0"
-__all__ = ["AsymmetricTs", "Bikd", "Dhkd"]
+__all__ = ["AsymmetricTs", "Bikd", "Dhkd", "Dmdd"]
 
 if TYPE_CHECKING:
-    from anomalib_dhkd.models import AsymmetricTs, Bikd, Dhkd
+    from anomalib_dhkd.models import AsymmetricTs, Bikd, Dhkd, Dmdd
 
 
 __getattr__ = lazy_attributes(__name__, "anomalib_dhkd.models", __all__)

@@ -25,9 +25,10 @@ from anomalib_dhkd.models.dhkd import (
     offline_dhkd,
     offline_preset,
 )
+from anomalib_dhkd.models.dmdd import Dmdd
 
 # Every model of the family: registered with anomalib, covered by the contract tests and the benchmark suite.
-MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd, AsymmetricTs, Bikd)
+MODELS: tuple[type[KnowledgeDistillationModule], ...] = (Dhkd, AsymmetricTs, Bikd, Dmdd)
 
 __all__ = [
     "MODELS",
@@ -37,6 +38,7 @@ __all__ = [
     "AsymmetricTs",
     "Bikd",
     "Dhkd",
+    "Dmdd",
     "KnowledgeDistillationModule",
     "offline_dhkd",
     "offline_preset",

@@ -20,7 +20,7 @@ from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
 from PIL import Image
 
 from anomalib_dhkd.components.encoders import backbone_pre_processor
-from anomalib_dhkd.models import OFFLINE_BACKBONE, AsymmetricTs, Bikd, Dhkd, offline_preset
+from anomalib_dhkd.models import OFFLINE_BACKBONE, AsymmetricTs, Bikd, Dhkd, Dmdd, offline_preset
 from anomalib_dhkd.models.evaluation import default_evaluator
 from benchmarks.suite.backbones import fx_backbone
 
@@ -169,7 +169,7 @@ DHKD_WARMUP_EPOCHS = 4
 # (greedy selection of 10 % took about 60 min on bottle on the 2 cores; the PatchCore paper evaluates 1 % too).
 # anomalib's ReverseDistillation decodes ResNets only and no ResNet weights are available offline, so it runs without
 # weights. STFPM trains its student for 20 epochs (117 s on the 28 images of the hazelnut toy set); the family's
-# AsymmetricTs and Bikd, whose students are trained the same way, as many, on the same layers. DRAEM has no
+# AsymmetricTs, Bikd and Dmdd, whose students are trained the same way, as many, on the same layers. DRAEM has no
 # pretrained encoder; its anomaly source is scikit-image's texture photographs (DTD cannot be downloaded). It needs a
 # GPU: on the 2 CPU cores one run of 4 epochs on the hazelnut toy set at 256 px had not finished after 20 minutes
 # (8.4 GB). SuperSimpleNet (layer2/layer3 of its default: blocks.2/blocks.4) and GLASS (the same layers, the texture
@@ -194,6 +194,12 @@ SUITE_MODELS: dict[str, SuiteModel] = {
         epochs=20,
         layers=("blocks.1", "blocks.2", "blocks.4"),
         options=lambda track, quick: family_options(Bikd),
+    ),
+    "dmdd": SuiteModel(
+        Dmdd,
+        epochs=20,
+        layers=("blocks.1", "blocks.2", "blocks.4"),
+        options=lambda track, quick: family_options(Dmdd),
     ),
     "padim": SuiteModel(Padim, epochs=1, layers=("blocks.1", "blocks.2", "blocks.4"), options={"n_features": 100}),
     "padim_b3": SuiteModel(

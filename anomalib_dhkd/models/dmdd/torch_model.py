@@ -1,0 +1,158 @@
+"""PyTorch model of Dmdd: dual-modeling decouple distillation.
+
+Our reading of "Dual-Modeling Decouple Distillation for Unsupervised Anomaly Detection" (Liu, Wang, Leng, Zhang;
+ACM MM 2024). A frozen pretrained teacher; a randomly initialised pyramid student whose features at every scale are
+expanded by 1x1 convolutions to twice the channels and split into normality and abnormality features; a segmentation
+head that turns both discrepancies into the anomaly map:
+
+    images --> teacher (frozen) --> T_k
+    images --> pyramid student --> 1x1 expansion --> [F_n,k | F_a,k]
+    maps_k = (1 - cos(F_n,k, T_k), 1 - cos(F_a,k, T_k)), upsampled to the shallowest scale, stacked (2K channels)
+    maps --> multi-perception segmentation head --> logits --> sigmoid --> smoothed map, top-1 % score
+    training on (I, I_a, M) pairs from foreground-aware synthesis: NGM + AIM + focal/Dice on M (loss.py)
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_dhkd.components.encoders import build_encoder
+from anomalib_dhkd.components.scoring import MapFusion
+from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
+from anomalib_dhkd.components.students import ContextualStudent
+from anomalib_dhkd.models.dmdd.anomaly_map import segmentation_output
+from anomalib_dhkd.models.dmdd.loss import cosine_distance
+
+
+class DmddTrainingOutput(NamedTuple):
+    """What :class:`~anomalib_dhkd.models.dmdd.loss.DmddLoss` needs from a training pair ``(I, I_a, M)``."""
+
+    teacher_normal: list[torch.Tensor]
+    teacher_augmented: list[torch.Tensor]
+    normality_normal: list[torch.Tensor]
+    normality_augmented: list[torch.Tensor]
+    abnormality_augmented: list[torch.Tensor]
+    logits: torch.Tensor
+    masks: torch.Tensor
+
+
+def decoupler(channels: int) -> nn.Sequential:
+    """Per-scale 1x1 expansion of the student's features to ``2 * channels`` (normality | abnormality)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 2 * channels, 1, bias=False),
+        nn.BatchNorm2d(2 * channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(2 * channels, 2 * channels, 1),
+    )
+
+
+class DmddModel(nn.Module):
+    """Dmdd network: frozen teacher, decoupled pyramid student, segmentation head.
+
+    Args:
+        backbone: timm backbone of the teacher.
+        layers: Teacher layers, shallowest first.
+        pre_trained: Load the teacher's ImageNet weights.
+        blur_sigma: Gaussian smoothing of the anomaly map in pixels; ``0``: none.
+        score_fraction: The image score is the mean of this share of the map's highest values.
+
+    Example:
+        >>> model = DmddModel("resnet18", ["layer1", "layer2"], False)
+        >>> output = model.eval()(torch.rand(1, 3, 64, 64))
+        >>> output.anomaly_map.shape, output.pred_score.shape
+        (torch.Size([1, 1, 64, 64]), torch.Size([1]))
+
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: list[str],
+        pre_trained: bool,
+        blur_sigma: float = 4.0,
+        score_fraction: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.teacher = build_encoder(backbone, layers, pre_trained)
+        channels = list(self.teacher.out_dims)
+        strides = self.teacher.feature_extractor.feature_info.reduction()
+        self.student = ContextualStudent(channels, strides, contextual=False)
+        self.decouplers = nn.ModuleList(decoupler(c) for c in channels)
+        self.head = MultiPerceptionHead(2 * len(channels))
+        self.map_fusion = MapFusion(blur_sigma, score_fraction)
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the frozen teacher's features of ``images`` per scale."""
+        self.teacher.eval()
+        return list(self.teacher(images).values())
+
+    def decoupled_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return the student's normality and abnormality features of ``images`` per scale."""
+        split = [d(f).chunk(2, dim=1) for d, f in zip(self.decouplers, self.student(images), strict=True)]
+        return [normality for normality, _ in split], [abnormality for _, abnormality in split]
+
+    @staticmethod
+    def discrepancy_maps(
+        teacher: list[torch.Tensor], normality: list[torch.Tensor], abnormality: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Stack ``1 - cos`` of both feature kinds against the teacher at every scale, at the shallowest resolution.
+
+        Returns:
+            ``(N, 2K, h_1, w_1)``: normality then abnormality discrepancy of each scale.
+
+        """
+        size = teacher[0].shape[-2:]
+        maps = [
+            F.interpolate(cosine_distance(features, target), size=size, mode="bilinear", align_corners=False)
+            for target, n, a in zip(teacher, normality, abnormality, strict=True)
+            for features in (n, a)
+        ]
+        return torch.cat(maps, dim=1)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the segmentation head's anomaly logits of ``images`` at the shallowest scale's resolution."""
+        normality, abnormality = self.decoupled_features(images)
+        return self.head(self.discrepancy_maps(self.teacher_features(images), normality, abnormality))
+
+    def training_outputs(
+        self, images: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor
+    ) -> DmddTrainingOutput:
+        """Return everything the loss needs from normal images, their augmented copies and the anomaly masks.
+
+        The head learns from the discrepancy maps of the augmented images without changing the student (detached).
+        """
+        teacher_normal = self.teacher_features(images)
+        teacher_augmented = self.teacher_features(augmented)
+        normality_normal, _ = self.decoupled_features(images)
+        normality_augmented, abnormality_augmented = self.decoupled_features(augmented)
+        maps = self.discrepancy_maps(
+            teacher_augmented, [n.detach() for n in normality_augmented], [a.detach() for a in abnormality_augmented]
+        )
+        return DmddTrainingOutput(
+            teacher_normal,
+            teacher_augmented,
+            normality_normal,
+            normality_augmented,
+            abnormality_augmented,
+            self.head(maps),
+            masks,
+        )
+
+    def forward(
+        self, images: torch.Tensor, augmented: torch.Tensor | None = None, masks: torch.Tensor | None = None
+    ) -> DmddTrainingOutput | InferenceBatch:
+        """Return the training outputs in training mode, else the smoothed anomaly probability map and image score.
+
+        Raises:
+            ValueError: In training mode without augmented images and masks.
+
+        """
+        if self.training:
+            if augmented is None or masks is None:
+                msg = "Dmdd trains on pairs: pass the augmented images and their anomaly masks."
+                raise ValueError(msg)
+            return self.training_outputs(images, augmented, masks)
+        return segmentation_output(self.logits(images), tuple(images.shape[-2:]), self.map_fusion)
