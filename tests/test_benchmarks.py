@@ -382,3 +382,15 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
         assert type(model).__name__.lower() == config.stem.replace("_", "")
     for job in jobs:  # the shared data, relative to the repository root
         assert (REPO_ROOT / job["data"]["init_args"]["root"]).resolve().parent == SHARED_DATA.resolve()
+
+
+def test_profile_times_every_sub_module_and_lists_operations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.profile import main as profile_main
+
+    profile_main(["--models", "bikd", "--image-size", "64", "--rounds", "2", "--track", "none", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "profile_bikd_b1.json").read_text())
+    assert {"teacher", "forward_student", "bottleneck", "decoder", "scorer"} <= set(result["modules_ms"])
+    assert result["forward_ms"] > 0
+    assert result["encoder_ms"] > 0
+    assert 0 < sum(result["operations_share"].values()) <= 1
+    assert "bikd: forward" in capsys.readouterr().out
