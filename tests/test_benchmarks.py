@@ -248,6 +248,18 @@ def test_report_gives_mean_and_std_over_seeds_and_bolds_a_clear_lead_only(tmp_pa
         assert_image(tmp_path / "figures" / chart)
 
 
+def test_summary_averages_only_the_datasets_every_configuration_has(tmp_path: Path) -> None:
+    from benchmarks.suite.report import write_report
+
+    records = [synthetic_record("dhkd", "toy/cat", 0, 0.9), synthetic_record("dhkd", "toy/dog", 0, 0.5)]
+    records.append(synthetic_record("padim", "toy/cat", 0, 0.8))
+    table = write_report(records, tmp_path, maps_dir=tmp_path)[0].read_text()
+    assert "| dhkd | 0.900 | 1.000 | 1.000 | 1.00 / 1.50 / 1.50 | 2 |" in table  # toy/dog left out of the mean
+    assert "| padim | 0.800 | 1.000 | 1.000 | 2.00 / 1.50 / 1.50 | 1 |" in table
+    assert "all configurations have results on: toy/cat." in table
+    assert "Measured for some configurations only (see their tables): toy/dog." in table
+
+
 def test_readme_summary_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
     from benchmarks.suite.report import README_END, README_START, update_readme
 

@@ -146,15 +146,29 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def common_datasets(groups: dict[Group, list[dict[str, Any]]], track: str) -> list[str]:
+    """The datasets of ``track`` on which every configuration of that track has results."""
+    models = {model for model, _, run_track in groups if run_track == track}
+    datasets = ordered(dataset for _, dataset, run_track in groups if run_track == track)
+    return [d for d in datasets if all(values(groups.get((m, d, track), []), "image_AUROC") for m in models)]
+
+
 def summary_table(groups: dict[Group, list[dict[str, Any]]], track: str) -> list[str]:
-    """Each configuration's quality averaged over the datasets of ``track`` (seed means), and its mean ranks."""
-    per_metric = {key: ranks(groups, track, key) for key in QUALITY}
+    """Each configuration's quality averaged over the datasets all of ``track``'s configurations share, and ranks.
+
+    A mean over different datasets would compare easy sets with hard ones, so datasets only some configurations have
+    results on are left out here (their tables below have them) and named under the table.
+    """
+    shared = common_datasets(groups, track)
+    common = {key: runs for key, runs in groups.items() if key[2] != track or key[1] in shared}
+    per_metric = {key: ranks(common, track, key) for key in QUALITY}
     models = ordered((model for model, _, run_track in groups if run_track == track), MODELS)
     labels = list(QUALITY.values())
-    lines = ["| model | " + " | ".join(labels) + " | mean rank " + " / ".join(labels) + " | datasets |"]
+    lines = ["| model | " + " | ".join(labels) + " | mean rank " + " / ".join(labels) + " | datasets measured |"]
     lines.append("|---" * (len(QUALITY) + 3) + "|")
     for model in models:
-        runs_by_dataset = [runs for (m, _, t), runs in groups.items() if (m, t) == (model, track)]
+        runs_by_dataset = [runs for (m, _, t), runs in common.items() if (m, t) == (model, track)]
+        measured = sum(1 for m, _, t in groups if (m, t) == (model, track))
         means = []
         for key in QUALITY:
             dataset_means = [mean_std(values(runs, key))[0] for runs in runs_by_dataset if values(runs, key)]
@@ -162,7 +176,12 @@ def summary_table(groups: dict[Group, list[dict[str, Any]]], track: str) -> list
         mean_ranks = [
             number(statistics.fmean(per_metric[key][model]), 2) if model in per_metric[key] else "-" for key in QUALITY
         ]
-        lines.append(f"| {model} | {' | '.join(means)} | {' / '.join(mean_ranks)} | {len(runs_by_dataset)} |")
+        lines.append(f"| {model} | {' | '.join(means)} | {' / '.join(mean_ranks)} | {measured} |")
+    others = ordered(d for _, d, t in groups if t == track and d not in shared)
+    names = ", ".join(shared) or "none"
+    lines += ["", f"Means and ranks over the datasets all configurations have results on: {names}."]
+    if others:
+        lines.append(f"Measured for some configurations only (see their tables): {', '.join(others)}.")
     return lines
 
 
@@ -178,7 +197,7 @@ def update_readme(readme: Path, records: list[dict[str, Any]]) -> Path | None:
     groups = grouped(records)
     block = [
         README_START,
-        f"Track `pretrained`, mean over datasets of the mean over seeds ({datetime.now(timezone.utc):%Y-%m-%d}; "
+        f"Track `pretrained`, mean over shared datasets of the mean over seeds ({datetime.now(timezone.utc):%Y-%m-%d}; "
         "commit, machine and details in [benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
         "",
         *summary_table(groups, "pretrained"),
