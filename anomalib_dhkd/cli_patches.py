@@ -160,7 +160,7 @@ def stop_on_unwritable_export_folder(cli: Any) -> None:
     from anomalib_dhkd.tools.preflight import check_writable, export_folder
 
     try:
-        check_writable(export_folder(cli.config_init[cli.subcommand], cli.engine), option="--export_root")
+        check_writable(export_folder(cli.config_init[cli.subcommand]), option="--export_root")
     except PermissionError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -40,7 +40,8 @@ from tests.conftest import shared_category
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
-RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", *MEASUREMENTS}
+RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", "hardest_images"}
+RECORD_FIELDS |= set(MEASUREMENTS)
 SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "options"}
 SETTINGS_FIELDS |= {"batch_size", "eval_batch_size"}
 CHARTS = [f"chart_{key}.png" for key in (*METRICS, "train_seconds", "images_per_second_batch1", "peak_rss_mb")]
@@ -92,7 +93,7 @@ def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
         assert record["train_seconds"] > 0
         assert record["peak_rss_mb"] > 100
         assert record["params_total"] >= record["params_trainable"] >= 0
-        assert record["settings"]["image_size"] == 64
+        assert record["settings"]["image_size"] == max(64, SUITE_MODELS[model].min_image_size)
         assert record["settings"]["epochs"] == 1
         assert record["environment"]["anomalib"].startswith("2.7")
         path = out / "records" / "pretrained" / "hazelnut_toy-hazelnut" / f"{model}__s0.json"
@@ -113,7 +114,10 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
         assert len(rows) == 2, model  # the summary and the dataset table
     assert "| reverse_distillation† |" in table
     assert "s0: " in table  # per-seed values
-    assert "Every run: 64 px, batch 8 (test batch 32)." in table
+    conditions = {line.split(": ")[0]: line for line in table.splitlines() if line.startswith("- ") and " px, " in line}
+    assert "dhkd on hazelnut_toy/hazelnut (seed 0)" in conditions["- 64 px, batch 8 (test batch 32)"]
+    smallest = conditions["- 128 px, batch 8 (test batch 32)"]  # SuperSimpleNet's smallest size, flagged
+    assert smallest.endswith(": supersimplenet on hazelnut_toy/hazelnut (seed 0)")
     assert "CPUs (torch" in table
     hardest = [line for line in table.splitlines() if line.startswith("- ") and "(seed 0): `" in line]
     assert len(hardest) == len(MODELS)  # every configuration's hardest images are listed

@@ -140,20 +140,23 @@ def check_writable(folder: Path, option: str = "--out") -> None:
         raise PermissionError(msg) from error
 
 
-def export_folder(config: dict[str, Any], engine: Any) -> Path:
-    """Return the folder ``anomalib export`` writes to: ``--export_root`` or the trainer's ``default_root_dir``.
+def export_folder(config: dict[str, Any]) -> Path:
+    """Return the folder ``anomalib export`` writes to: ``--export_root``, else the trainer's ``default_root_dir``.
 
     Args:
         config: The parsed ``export`` subcommand's arguments.
-        engine: The ``Engine`` that will export; only read when ``export_root`` is not given.
 
     Returns:
-        The export folder.
+        The export folder (anomalib's default ``results`` when neither is given).
 
     Example:
-        >>> str(export_folder({"export_root": "exports"}, engine=None))
-        'exports'
+        >>> str(export_folder({"export_root": "exports"})), str(export_folder({"default_root_dir": "runs"}))
+        ('exports', 'runs')
 
     """
     export_root = config.get("export_root")
-    return Path(export_root if export_root is not None else engine.trainer.default_root_dir)
+    if export_root is None:
+        export_root = (
+            config.get("default_root_dir") or (config.get("trainer") or {}).get("default_root_dir") or "results"
+        )
+    return Path(export_root)
