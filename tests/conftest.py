@@ -62,51 +62,40 @@ def tiny_dhkd(**overrides: object) -> "Dhkd":  # noqa: F821
     return Dhkd(**{**arguments, **overrides})
 
 
-def tiny_bikd(**overrides: object) -> "Bikd":  # noqa: F821
-    """A small Bikd (random teacher, 2 epochs) that trains in seconds at 64 px."""
-    from anomalib_dhkd import Bikd
+def tiny_sibling(name: str, **overrides: object) -> "AnomalibModule":  # noqa: F821
+    """A small sibling model of the family (random teacher, 2 epochs) that trains in seconds at 64 px."""
+    import anomalib_dhkd
 
+    model_class = getattr(anomalib_dhkd, name)
     arguments = {
         **TINY_BACKBONE,
         "pre_trained": False,
         "max_epochs": 2,
-        "pre_processor": Bikd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
-    }
-    return Bikd(**{**arguments, **overrides})
-
-
-def tiny_dmdd(**overrides: object) -> "Dmdd":  # noqa: F821
-    """A small Dmdd (random teacher, 2 epochs) that trains in seconds at 64 px.
-
-    Its learning rate is 10 times the default: at 1e-3 the segmentation head still gives every image of the textures
-    nearly the same score after one epoch (a range of 2e-4), and the post-processor's min-max normalisation over that
-    range turns float rounding into score differences of 1e-4 between torch and the exported model.
-    """
-    from anomalib_dhkd import Dmdd
-
-    arguments = {
-        **TINY_BACKBONE,
-        "pre_trained": False,
-        "max_epochs": 2,
-        "learning_rate": 1e-2,
-        "pre_processor": Dmdd.configure_pre_processor((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]),
-    }
-    return Dmdd(**{**arguments, **overrides})
-
-
-def tiny_asymmetric_ts(**overrides: object) -> "AsymmetricTs":  # noqa: F821
-    """A small AsymmetricTs (random teacher, 2 epochs) that trains in seconds at 64 px."""
-    from anomalib_dhkd import AsymmetricTs
-
-    arguments = {
-        **TINY_BACKBONE,
-        "pre_trained": False,
-        "max_epochs": 2,
-        "pre_processor": AsymmetricTs.configure_pre_processor(
+        "pre_processor": model_class.configure_pre_processor(
             (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), TINY_BACKBONE["backbone"]
         ),
     }
-    return AsymmetricTs(**{**arguments, **overrides})
+    return model_class(**{**arguments, **overrides})
+
+
+def tiny_bikd(**overrides: object) -> "Bikd":  # noqa: F821
+    """A small Bikd (:func:`tiny_sibling`)."""
+    return tiny_sibling("Bikd", **overrides)
+
+
+def tiny_dmdd(**overrides: object) -> "Dmdd":  # noqa: F821
+    """A small Dmdd (:func:`tiny_sibling`) with 10 times the default learning rate.
+
+    At 1e-3 the segmentation head still gives every image of the textures nearly the same score after one epoch (a
+    range of 2e-4), and the post-processor's min-max normalisation over that range turns float rounding into score
+    differences of 1e-4 between torch and the exported model.
+    """
+    return tiny_sibling("Dmdd", **{"learning_rate": 1e-2, **overrides})
+
+
+def tiny_asymmetric_ts(**overrides: object) -> "AsymmetricTs":  # noqa: F821
+    """A small AsymmetricTs (:func:`tiny_sibling`)."""
+    return tiny_sibling("AsymmetricTs", **overrides)
 
 
 @pytest.fixture(scope="session")
