@@ -221,6 +221,7 @@ class KnowledgeDistillationModule:
     Args:
         backbone: timm backbone whose pretrained mean and standard deviation the default pre-processor uses.
         max_epochs: Training epochs, teacher warm-up included.
+        learning_rate: Adam learning rate of the :attr:`TRAINED_MODULES`.
         teacher_warmup_epochs: Epochs during which only the teacher trains; ``0`` for a fixed teacher; ``None``:
             ``min(2, max_epochs // 2)``, so that a short budget still trains the student.
         freeze_teacher: After the warm-up train the student alone (needs a warm-up); ``False``: both, jointly;
@@ -239,11 +240,14 @@ class KnowledgeDistillationModule:
     # Substring of the exported op names of the torch model's feature taps (its per-layer feature normalisation),
     # which INT8 post-training quantisation keeps everything after in FP32; ``None``: no encoder-only INT8.
     FEATURE_TAP_NAME: ClassVar[str | None] = None
+    # Sub-modules of the torch model that the optimiser trains; everything else (the frozen teacher) stays as it is.
+    TRAINED_MODULES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
         backbone: str,
         max_epochs: int,
+        learning_rate: float = 1e-3,
         teacher_warmup_epochs: int | None = 0,
         freeze_teacher: bool | None = False,
         pre_processor: PreProcessor | bool = True,
@@ -272,6 +276,7 @@ class KnowledgeDistillationModule:
             elif dataclasses.is_dataclass(value):
                 self.hparams[name] = dataclasses.asdict(value)
         self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
         self.teacher_warmup_epochs = teacher_warmup_epochs
         self.freeze_teacher = freeze_teacher
         self._statistics_step: int | None = None  # global step at which the normal-image statistics were fitted
@@ -600,6 +605,18 @@ class KnowledgeDistillationModule:
         """
         callbacks = super().configure_callbacks()
         return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), RandomStateCheckpoint()]
+
+    def configure_optimizers(self) -> torch.optim.Adam:
+        """Adam over the model's :attr:`TRAINED_MODULES`, with ``learning_rate`` and weight decay 1e-5.
+
+        Returns:
+            The optimiser over their parameters that require gradients (not, e.g., a flow's fixed permutations); the
+            other sub-modules (the frozen teacher) are left out.
+
+        """
+        modules = [self.model.get_submodule(name) for name in self.TRAINED_MODULES]
+        parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
+        return torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -136,3 +136,13 @@ def test_cli_trains_one_epoch(name: str, texture_root: Path, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "image_AUROC" in result.stdout + result.stderr
     assert list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_optimiser_trains_exactly_the_parameters_that_require_gradients(name: str) -> None:
+    model = FAMILY[name].build(max_epochs=2)
+    optimised = [p for group in model.configure_optimizers().param_groups for p in group["params"]]
+    trainable = [p for p in model.model.parameters() if p.requires_grad]
+    assert optimised
+    assert {id(p) for p in optimised} == {id(p) for p in trainable}  # nothing trainable left out, nothing frozen in
+    assert len(optimised) == len({id(p) for p in optimised})  # no parameter twice

@@ -119,7 +119,7 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
         msg = f"Backbone {backbone!r} has no feature layer(s) {unknown}. Choose from {available}."
         raise ValueError(msg)
     try:
-        return TimmFeatureExtractor(
+        encoder = TimmFeatureExtractor(
             backbone=backbone, layers=sorted(layers, key=available.index), pre_trained=pre_trained, requires_grad=False
         )
     except OSError as error:  # huggingface_hub's LocalEntryNotFoundError and network errors are OSErrors
@@ -129,6 +129,9 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
             "pre_trained=False."
         )
         raise RuntimeError(msg) from error
+    # anomalib's requires_grad=False only runs the forward without gradients; the parameters are frozen here too, so
+    # that an optimiser or a parameter count sees the encoder as the fixed part it is.
+    return encoder.requires_grad_(False)
 
 
 def backbone_pre_processor(backbone: str, image_size: tuple[int, int] | None = None) -> PreProcessor:

@@ -14,6 +14,7 @@ from anomalib_dhkd.components.scoring.scorer import (
     DiscrepancyScorer,
     ScoringConfig,
     ScoringInput,
+    cosine_scorer,
     decide_scoring,
 )
 from anomalib_dhkd.components.scoring.smoothing import GaussianBlur
@@ -31,6 +32,7 @@ __all__ = [
     "ScoringInput",
     "channel_statistics",
     "coherence_windows",
+    "cosine_scorer",
     "decide_scoring",
     "discrepancy_coherence",
     "map_moments",

@@ -31,7 +31,12 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from anomalib_dhkd.components.scoring.discrepancy import coherence_windows, discrepancy_coherence, squared_discrepancy
+from anomalib_dhkd.components.scoring.discrepancy import (
+    coherence_windows,
+    discrepancy_coherence,
+    normalized_discrepancy,
+    squared_discrepancy,
+)
 from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion
 from anomalib_dhkd.components.scoring.global_statistics import channel_statistics, vector_moments
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments
@@ -288,6 +293,33 @@ class DiscrepancyScorer(nn.Module):
         if self.score_fusion is None:
             return anomaly_map, local_score.unsqueeze(1)
         return anomaly_map, self.score_fusion.sources(local_score, [inputs.teacher[i] for i in self.score_indices])
+
+
+def cosine_scorer(
+    layers: Sequence[str], channels: Sequence[int], strides: Sequence[int], config: ScoringConfig
+) -> DiscrepancyScorer:
+    """Build the scorer of STFPM-like models: ``1 - cos`` distances of every layer fused into a plain map.
+
+    The per-layer map is ``0.5 * ||S_k/|S_k| - T_k/|T_k|||^2`` over channels (STFPM, Sec. 3.3), in ``[0, 2]`` at every
+    layer, so layers average without calibration.
+
+    Args:
+        layers: Names of the scored teacher-student pairs, shallowest first; all of them form the map.
+        channels: Teacher channels of each pair.
+        strides: Stride of each pair's features in pixels.
+        config: Scoring settings; ``None`` values: every layer scores, plain map (:data:`PLAIN_MAP`).
+
+    Returns:
+        The scorer.
+
+    Example:
+        >>> scorer = cosine_scorer(["a", "b"], [8, 16], [8, 16], ScoringConfig())
+        >>> scorer.map_indices, scorer.score_indices, scorer.score_fusion is None
+        ([0, 1], [0, 1], True)
+
+    """
+    decided = decide_scoring(config, layers, **PLAIN_MAP)
+    return DiscrepancyScorer(layers, channels, strides, layers, decided, discrepancy=normalized_discrepancy)
 
 
 def _indices(layers: list[str], names: Sequence[str], what: str) -> list[int]:

@@ -24,7 +24,6 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from torch import optim
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import ScoringConfig
@@ -71,6 +70,9 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
 
     """
 
+    # The teacher is frozen (its EMAN statistics move without gradients).
+    TRAINED_MODULES = ("student",)
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -89,12 +91,12 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         super().__init__(
             backbone=backbone,
             max_epochs=max_epochs,
+            learning_rate=learning_rate,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.learning_rate = learning_rate
         self.model = AsymmetricTsModel(
             backbone,
             list(layers or default_layers(backbone)),
@@ -104,15 +106,6 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
             as_settings(ScoringConfig, scoring),
         )
         self.loss = AsymmetricTsLoss()
-
-    def configure_optimizers(self) -> optim.Adam:
-        """Adam over the student; the teacher is frozen.
-
-        Returns:
-            The optimiser, with the constructor's ``learning_rate`` and weight decay 1e-5.
-
-        """
-        return optim.Adam(self.model.student.parameters(), lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return STFPM's distillation loss of a batch of normal images.

@@ -24,7 +24,7 @@ from anomalib_dhkd.components.encoders import build_encoder
 from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
 from anomalib_dhkd.components.students import ContextualStudent
 from anomalib_dhkd.components.teachers import EmaNormalizedEncoder
-from anomalib_dhkd.models.asymmetric_ts.anomaly_map import asymmetric_ts_scorer
+from anomalib_dhkd.models.asymmetric_ts.anomaly_map import cosine_scorer
 from anomalib_dhkd.models.network import TeacherStudentNetwork
 
 
@@ -89,7 +89,7 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         strides = encoder.feature_extractor.feature_info.reduction()
         self.teacher = EmaNormalizedEncoder(encoder, eman_momentum)
         self.student = ContextualStudent(channels, strides, student.blocks, student.contextual)
-        self.scorer = asymmetric_ts_scorer(layers, channels, strides, scoring)
+        self.scorer = cosine_scorer(layers, channels, strides, scoring)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the teacher's features of ``images`` per scale (in training its BatchNorm statistics move first).

@@ -3,18 +3,12 @@
 Each direction gives per-scale maps ``0.5 * ||T_k/|T_k| - X_k/|X_k|||^2 = 1 - cos(T_k, X_k)`` over channels, with
 ``X`` the forward student's features or the reverse decoder's reconstruction. The scorer sees them as ``2K`` layers
 (``forward.<layer>`` and ``reverse.<layer>``), averages their upsampled maps, smooths the result and scores the image
-by the map's highest 1 % (:class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer`, plain map settings).
+by the map's highest 1 % (:func:`~anomalib_dhkd.components.scoring.cosine_scorer`).
 """
 
 from collections.abc import Sequence
 
-from anomalib_dhkd.components.scoring import (
-    PLAIN_MAP,
-    DiscrepancyScorer,
-    ScoringConfig,
-    decide_scoring,
-    normalized_discrepancy,
-)
+from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringConfig, cosine_scorer
 
 DIRECTIONS = ("forward", "reverse")
 
@@ -51,8 +45,4 @@ def bikd_scorer(
         ([0, 1], [0, 1])
 
     """
-    names = branch_layers(layers)
-    decided = decide_scoring(config, names, **PLAIN_MAP)
-    return DiscrepancyScorer(
-        names, [*channels, *channels], [*strides, *strides], names, decided, discrepancy=normalized_discrepancy
-    )
+    return cosine_scorer(branch_layers(layers), [*channels, *channels], [*strides, *strides], config)

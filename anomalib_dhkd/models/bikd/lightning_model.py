@@ -24,7 +24,6 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from torch import optim
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import ScoringConfig
@@ -65,6 +64,9 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
 
     """
 
+    # The teacher is frozen.
+    TRAINED_MODULES = ("forward_student", "bottleneck", "decoder")
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -84,22 +86,16 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         super().__init__(
             backbone=backbone,
             max_epochs=max_epochs,
+            learning_rate=learning_rate,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.learning_rate = learning_rate
         layers = list(layers or default_layers(backbone))
         self.model = BikdModel(backbone, layers, pre_trained, as_settings(ScoringConfig, scoring))
         self.loss = BikdLoss(exchange_weight)
         self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability) if anomaly_probability else None
-
-    def configure_optimizers(self) -> optim.Adam:
-        """Return Adam over the forward student, the bottleneck and the decoder; the teacher is frozen."""
-        model = self.model
-        parameters = [*model.forward_student.parameters(), *model.bottleneck.parameters(), *model.decoder.parameters()]
-        return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return Bikd's loss and its terms for a batch of normal images (with synthetic anomalies, if any)."""

@@ -32,7 +32,6 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from torch import optim
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import ScoringConfig
@@ -95,6 +94,9 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
 
     FEATURE_TAP_NAME = "batch_norm"  # DhkdModel.feature_norms; the encoder's own batch norms fold into convolutions
 
+    # The encoder is frozen; the flow teachers train in the warm-up, the students after it.
+    TRAINED_MODULES = ("teachers", "students")
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -116,6 +118,7 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
         super().__init__(
             backbone=backbone,
             max_epochs=max_epochs,
+            learning_rate=learning_rate,
             teacher_warmup_epochs=teacher_warmup_epochs,
             freeze_teacher=freeze_teacher,
             pre_processor=pre_processor,
@@ -123,7 +126,6 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.learning_rate = learning_rate
         self._build_network(backbone, layers, pre_trained, teacher, student, loss, scoring)
 
     def _build_network(
@@ -176,16 +178,6 @@ class Dhkd(KnowledgeDistillationModule, AnomalibModule):
             checkpoint["hyper_parameters"] = grouped
             self.hparams.update({name: grouped[name] for name in NETWORK_ARGUMENTS if name in grouped})
         super().on_load_checkpoint(checkpoint)
-
-    def configure_optimizers(self) -> optim.Adam:
-        """Adam over the teacher flows and the students; the encoder is frozen.
-
-        Returns:
-            The optimiser, with the constructor's ``learning_rate`` and weight decay 1e-5.
-
-        """
-        parameters = [*self.model.teachers.parameters(), *self.model.students.parameters()]
-        return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return DHKD's loss terms: the teacher's in the warm-up, then the student's (and the teacher's unless frozen).

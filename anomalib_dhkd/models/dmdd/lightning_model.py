@@ -24,7 +24,6 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from torch import optim
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.synthesis import ForegroundAnomalies
@@ -61,6 +60,9 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
 
     """
 
+    # The teacher is frozen.
+    TRAINED_MODULES = ("student", "decouplers", "head")
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -80,22 +82,16 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         super().__init__(
             backbone=backbone,
             max_epochs=max_epochs,
+            learning_rate=learning_rate,
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.learning_rate = learning_rate
         layers = list(layers or default_layers(backbone))
         self.model = DmddModel(backbone, layers, pre_trained, blur_sigma, score_fraction)
         self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability)
         self.loss = DmddLoss()
-
-    def configure_optimizers(self) -> optim.Adam:
-        """Return Adam over the student, the decouplers and the segmentation head; the teacher is frozen."""
-        model = self.model
-        parameters = [*model.student.parameters(), *model.decouplers.parameters(), *model.head.parameters()]
-        return optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return Dmdd's loss and its terms for normal images and their copies with synthetic anomalies."""
