@@ -3,6 +3,7 @@
 python -m benchmarks.run [--models dhkd padim ...] [--datasets bottle magnetic_tile ...] [--tracks pretrained none]
                          [--seeds 0 1 2] [--budget-minutes 50] [--force] [--report-only] [--quick]
                          [--data ROOT:CATEGORY ...] [--records DIR] [--out DIR] [--report-dir DIR]
+                         [--ablations [--variants NAME ...]]
 
 Datasets are discovered under ``../shared/data`` (every ``<dataset>/<category>/train/good``); ``--datasets`` keeps
 those whose name contains one of the given words, ``--data`` names other MVTec-layout folders. Each (model
@@ -12,6 +13,10 @@ as failed. A run whose record is ok with the same settings is skipped (``--force
 filled in chunks: ``--budget-minutes`` starts no new run once that much time has passed. The report
 (``RESULTS.md``, ``figures/chart_<metric>.png``, ``figures/gallery_<dataset>_<track>.png``) is regenerated from all
 records: ``benchmarks/RESULTS.md`` for the full suite, ``OUT/RESULTS.md`` with ``--quick``.
+
+``--ablations`` runs, instead of the configurations, the variants of the family's models
+(:mod:`benchmarks.suite.ablations`; ``--variants`` picks some), with records in ``benchmarks/ablations`` and the
+report ``benchmarks/ABLATIONS.md``.
 """
 
 import argparse
@@ -20,9 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from benchmarks.suite.ablations import (
+    ABLATION_RECORDS_DIR,
+    ABLATION_REPORT,
+    ABLATIONS,
+    ablation_settings,
+    variant_name,
+    write_ablation_report,
+)
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.records import (
     RECORDS_DIR,
@@ -43,6 +57,7 @@ from benchmarks.suite.settings import (
     SEEDS,
     THROUGHPUT_SECONDS,
     TRACKS,
+    RunSettings,
     dataset_name,
     discover_datasets,
     run_settings,
@@ -80,12 +95,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, help="start no new run after this many minutes")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of every run, e.g. gpu")
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the records")
+    parser.add_argument("--ablations", action="store_true", help="run the family's ablation variants instead")
+    variants = sorted({name for model in ABLATIONS.values() for name in model})
+    parser.add_argument("--variants", nargs="+", choices=variants, help="with --ablations: only these variants")
     args = parser.parse_args(argv)
+    if args.ablations and (args.quick or args.layers):
+        parser.error("--ablations runs the full suite's settings: no --quick or --layers")
+    if args.variants and not args.ablations:
+        parser.error("--variants needs --ablations")
     args.specs = select_datasets(parser, args)
     args.tracks = args.tracks or (["pretrained"] if args.quick else list(TRACKS))
     args.seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     args.image_size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else FULL_IMAGE_SIZE)
-    args.records = args.records or (args.out / "records" if args.quick else RECORDS_DIR)
+    args.records = args.records or (
+        args.out / "records" if args.quick else ABLATION_RECORDS_DIR if args.ablations else RECORDS_DIR
+    )
     args.report_dir = args.report_dir or (args.out if args.quick else REPO_ROOT / "benchmarks")
     args.layers = parse_layers(parser, args.layers)
     return args
@@ -157,35 +181,51 @@ def summary(record: dict[str, Any]) -> str:
     )
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
-    """All (model, data spec, track, seed) runs, dataset by dataset, skipping tracks a model does not run in.
+class Run(NamedTuple):
+    """One planned run: the configuration it records (a model or an ablation variant), the model it builds, where."""
 
-    A model that needs a GPU is left out of a full CPU run, with a notice.
+    configuration: str
+    model: str
+    spec: str
+    track: str
+    settings: RunSettings
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    """All runs, dataset by dataset, skipping tracks a model does not run in.
+
+    A model that needs a GPU is left out of a full CPU run, with a notice. With ``--ablations`` the runs are the
+    variants of the chosen models that change something in the track.
     """
     on_cpu = args.accelerator == "cpu" and not args.quick
     skipped = [model for model in args.models if on_cpu and SUITE_MODELS[model].needs_gpu]
     if skipped:
         print(f"not run on the CPU (needs --accelerator gpu): {', '.join(skipped)}", flush=True)
-    return [
-        (model, spec, track, seed)
-        for spec in args.specs
-        for track in args.tracks
-        for seed in args.seeds
-        for model in args.models
-        if track in SUITE_MODELS[model].tracks and model not in skipped
-    ]
+    models = [m for m in args.models if m not in skipped and (not args.ablations or m in ABLATIONS)]
+    runs = []
+    for spec, track, seed, model in product(args.specs, args.tracks, args.seeds, models):
+        if track not in SUITE_MODELS[model].tracks:
+            continue
+        if not args.ablations:
+            settings = run_settings(model, track, args.image_size, seed, args.quick, args.layers.get(model))
+            runs.append(Run(model, model, spec, track, settings))
+            continue
+        for variant in ABLATIONS[model]:
+            settings = ablation_settings(model, variant, track, args.image_size, seed)
+            if settings is not None and (not args.variants or variant in args.variants):
+                runs.append(Run(variant_name(model, variant), model, spec, track, settings))
+    return runs
 
 
 def run_suite(args: argparse.Namespace) -> None:
     """Run every planned job without an ok record of the same settings, saving each record as soon as it is done."""
     runs = plan(args)
     start = time.perf_counter()
-    for index, (model, spec, track, seed) in enumerate(runs, start=1):
-        root, _, category = spec.rpartition(":")
-        dataset = dataset_name(spec)
-        settings = run_settings(model, track, args.image_size, seed, args.quick, args.layers.get(model))
-        record = base_record(model, dataset, track, settings)
-        prefix = f"[{index}/{len(runs)}] {model} {dataset} {track} seed {seed}"
+    for index, run in enumerate(runs, start=1):
+        root, _, category = run.spec.rpartition(":")
+        dataset = dataset_name(run.spec)
+        record = base_record(run.configuration, dataset, run.track, run.settings)
+        prefix = f"[{index}/{len(runs)}] {run.configuration} {dataset} {run.track} seed {run.settings.seed}"
         if not args.force and finished_run(args.records, record) is not None:
             print(f"{prefix}: already done, skipped", flush=True)
             continue
@@ -196,15 +236,15 @@ def run_suite(args: argparse.Namespace) -> None:
             )
             return
         job = {
-            "model": model,
+            "model": run.model,
             "root": root,
             "category": category,
-            "settings": settings.to_dict(),
+            "settings": run.settings.to_dict(),
             "hardest_images": args.hardest_images,
             "throughput_seconds": QUICK_THROUGHPUT_SECONDS if args.quick else THROUGHPUT_SECONDS,
             "accelerator": args.accelerator,
         }
-        print(f"{prefix} ({settings.epochs} epochs, {settings.image_size} px) ...", flush=True)
+        print(f"{prefix} ({run.settings.epochs} epochs, {run.settings.image_size} px) ...", flush=True)
         run_start = time.perf_counter()
         maps_path(args.out, record).parent.mkdir(parents=True, exist_ok=True)
         record = execute(job, record, maps_path(args.out, record))
@@ -221,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(args.records)
     if not records:
         raise SystemExit(f"no records in {args.records}")
+    if args.ablations:
+        print(f"wrote {write_ablation_report(records, load_records(RECORDS_DIR), ABLATION_REPORT)}")
+        return
     written = write_report(records, args.report_dir, maps_dir=args.out)
     if args.report_dir.resolve() == (REPO_ROOT / "benchmarks").resolve():
         written.append(update_readme(REPO_ROOT / "README.md", records))

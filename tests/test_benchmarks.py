@@ -194,17 +194,72 @@ def test_plan_covers_datasets_tracks_and_seeds_and_skips_tracks_a_model_does_not
     if not args.specs:
         pytest.skip("shared data not found")
     runs = run.plan(args)
-    assert {(model, track) for model, _, track, _ in runs} == {
+    assert {(run_.model, run_.track) for run_ in runs} == {
         ("dhkd", "pretrained"),
         ("dhkd", "none"),
         ("cflow", "pretrained"),  # CFlow runs with ImageNet weights only
     }
     assert len(runs) == 3 * 2
-    assert {spec.rpartition(":")[2] for _, spec, _, _ in runs} == {"bottle"}
+    assert {run_.spec.rpartition(":")[2] for run_ in runs} == {"bottle"}
+    assert all(run_.configuration == run_.model for run_ in runs)
     with_draem = run.parse_args(["--models", "padim", "draem", "--datasets", "bottle", "--seeds", "0"])
-    assert {model for model, *_ in run.plan(with_draem)} == {"padim"}  # DRAEM needs a GPU in the full suite
+    assert {run_.model for run_ in run.plan(with_draem)} == {"padim"}  # DRAEM needs a GPU in the full suite
     with_draem.accelerator = "gpu"
-    assert {model for model, *_ in run.plan(with_draem)} == {"padim", "draem"}
+    assert {run_.model for run_ in run.plan(with_draem)} == {"padim", "draem"}
+
+
+def test_ablation_plan_runs_each_variant_where_it_changes_the_configuration() -> None:
+    from benchmarks import run
+    from benchmarks.suite.ablations import ABLATIONS
+
+    args = run.parse_args(["--ablations", "--models", "dhkd", "bikd", "padim", "--datasets", "bottle", "--seeds", "0"])
+    if not args.specs:
+        pytest.skip("shared data not found")
+    runs = run.plan(args)
+    assert {run_.model for run_ in runs} == {"dhkd", "bikd"}  # PaDiM has no ablations
+    assert ("dhkd+no_global_score", "pretrained") in {(run_.configuration, run_.track) for run_ in runs}
+    # without ImageNet weights DHKD has no global score to leave out
+    assert ("dhkd+no_global_score", "none") not in {(run_.configuration, run_.track) for run_ in runs}
+    for run_ in runs:
+        suite = run_settings(run_.model, run_.track, 256, 0, quick=False)
+        assert run_.settings.options != suite.options
+        assert dataclasses.replace(run_.settings, options=suite.options) == suite  # only the options change
+    bikd = {run_.configuration for run_ in runs if run_.model == "bikd" and run_.track == "pretrained"}
+    assert bikd == {f"bikd+{name}" for name in ABLATIONS["bikd"]}
+    only = run.parse_args(["--ablations", "--models", "bikd", "--variants", "no_exchange", "--datasets", "bottle"])
+    assert {run_.configuration for run_ in run.plan(only)} == {"bikd+no_exchange"}
+
+
+def test_every_ablation_builds_its_model() -> None:
+    from benchmarks.suite.ablations import ABLATIONS, ablation_settings
+
+    for model, variants in ABLATIONS.items():
+        for variant in variants:
+            for track in ("pretrained", "none"):
+                settings = ablation_settings(model, variant, track, 64, 0)
+                if settings is None:
+                    continue
+                options = {**settings.options, "max_epochs": 2} if model != "dhkd" else settings.options
+                built = SUITE_MODELS[model].build(
+                    settings.layers, pre_trained=False, epochs=settings.epochs, image_size=64, options=options
+                )
+                assert built.hparams  # the constructor took every option
+
+
+def test_ablation_report_puts_each_variant_beside_the_full_model(tmp_path: Path) -> None:
+    from benchmarks.suite.ablations import write_ablation_report
+
+    suite = [synthetic_record("bikd", "toy/cat", seed, auroc) for seed, auroc in enumerate([0.9, 0.8])]
+    variant = []
+    for seed, auroc in enumerate([0.7, 0.6]):
+        record = synthetic_record("bikd", "toy/cat", seed, auroc)
+        variant.append({**record, "model": "bikd+no_exchange"})
+    report = write_ablation_report(variant, suite, tmp_path / "ABLATIONS.md").read_text()
+    assert "### bikd, track pretrained" in report
+    assert "| full model | 0.850 ± 0.071 / 1.000 ± 0.000 / 1.000 ± 0.000 | - |" in report
+    change = "| -20.0 / +0.0 / +0.0 | the reciprocal exchange term |"
+    assert "| no_exchange | 0.650 ± 0.071 / 1.000 ± 0.000 / 1.000 ± 0.000 " + change in report
+    assert "track none" not in report  # no variant ran there
 
 
 def test_datasets_are_discovered_from_the_mvtec_layout(tmp_path: Path) -> None:

@@ -42,10 +42,17 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             16. Defaults to ``None``.
         pre_trained: Load ImageNet weights into the teacher. Defaults to ``True``.
         anomaly_probability: Share of training images that get a synthetic anomaly on the object. Defaults to ``0.5``.
+        anomaly_on_foreground: Paint the anomalies on the estimated object only; ``False``: anywhere, as DRAEM
+            (ablation). Defaults to ``True``.
         anomaly_source_path: Folder of texture images for the anomalies (a DTD folder); ``None``: anomalib's
             Perlin-noise textures, which need no download. Defaults to ``None``.
         blur_sigma: Gaussian smoothing of the anomaly map in pixels; ``0``: none. Defaults to ``4.0``.
         score_fraction: The image score is the mean of this share of the map's highest values. Defaults to ``0.01``.
+        normality_weight: Weight of normality-guided mimicking (NGM); ``0``: ablation without it. Defaults to ``1.0``.
+        abnormality_weight: Weight of abnormality inverse mimicking (AIM); ``0``: ablation without it. Defaults to
+            ``1.0``.
+        segmentation_head: The map comes from the segmentation head; ``False`` (ablation): from the normality
+            features' distances to the teacher's. Defaults to ``True``.
         learning_rate: Adam learning rate of the student, decouplers and head. Defaults to ``1e-3``.
         max_epochs: Training epochs. Defaults to ``20``.
         pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
@@ -70,8 +77,12 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         pre_trained: bool = True,
         anomaly_probability: float = 0.5,
         anomaly_source_path: str | None = None,
+        anomaly_on_foreground: bool = True,
         blur_sigma: float = 4.0,
         score_fraction: float = 0.01,
+        normality_weight: float = 1.0,
+        abnormality_weight: float = 1.0,
+        segmentation_head: bool = True,
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
         pre_processor: PreProcessor | bool = True,
@@ -89,9 +100,11 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             visualizer=visualizer,
         )
         layers = list(layers or default_layers(backbone))
-        self.model = DmddModel(backbone, layers, pre_trained, blur_sigma, score_fraction)
-        self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability)
-        self.loss = DmddLoss()
+        self.model = DmddModel(backbone, layers, pre_trained, blur_sigma, score_fraction, segmentation_head)
+        self.anomalies = ForegroundAnomalies(
+            anomaly_source_path, anomaly_probability, on_foreground=anomaly_on_foreground
+        )
+        self.loss = DmddLoss(normality_weight, abnormality_weight)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return Dmdd's loss and its terms for normal images and their copies with synthetic anomalies."""

@@ -79,6 +79,13 @@ def abnormality_inverse_mimicking(
 class DmddLoss(torch.nn.Module):
     """NGM + AIM + the segmentation head's loss.
 
+    Args:
+        normality_weight: Weight of NGM; ``0``: ablation without it.
+        abnormality_weight: Weight of AIM; ``0``: ablation without it.
+
+    Raises:
+        ValueError: If a weight is negative.
+
     Example:
         >>> features, masks = [torch.rand(2, 4, 4, 4)], torch.zeros(2, 1, 16, 16)
         >>> terms = DmddLoss()(features, features, features, features, features, torch.full_like(masks, -5.0), masks)
@@ -86,6 +93,16 @@ class DmddLoss(torch.nn.Module):
         (0.0, 0.0)
 
     """
+
+    def __init__(self, normality_weight: float = 1.0, abnormality_weight: float = 1.0) -> None:
+        super().__init__()
+        weights = {"normality_weight": normality_weight, "abnormality_weight": abnormality_weight}
+        negative = {name: value for name, value in weights.items() if value < 0}
+        if negative:
+            msg = f"Dmdd's loss weights must be non-negative, got {negative}."
+            raise ValueError(msg)
+        self.normality_weight = normality_weight
+        self.abnormality_weight = abnormality_weight
 
     def forward(
         self,
@@ -97,8 +114,9 @@ class DmddLoss(torch.nn.Module):
         logits: torch.Tensor,
         masks: torch.Tensor,
     ) -> DmddLossTerms:
-        """Return the total loss and its terms."""
+        """Return the total loss and its terms (unweighted)."""
         normality = normality_guided_mimicking(normality_normal, normality_augmented, teacher_normal)
         abnormality = abnormality_inverse_mimicking(abnormality_augmented, teacher_augmented, masks)
         segmentation = segmentation_loss(logits, F.interpolate(masks, size=logits.shape[-2:], mode="bilinear"))
-        return DmddLossTerms(normality + abnormality + segmentation, normality, abnormality, segmentation)
+        total = self.normality_weight * normality + self.abnormality_weight * abnormality + segmentation
+        return DmddLossTerms(total, normality, abnormality, segmentation)

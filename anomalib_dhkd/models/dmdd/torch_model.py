@@ -23,7 +23,7 @@ from anomalib_dhkd.components.encoders import build_encoder
 from anomalib_dhkd.components.scoring import MapFusion
 from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
 from anomalib_dhkd.components.students import ContextualStudent
-from anomalib_dhkd.models.dmdd.anomaly_map import segmentation_output
+from anomalib_dhkd.models.dmdd.anomaly_map import fused_output
 from anomalib_dhkd.models.dmdd.loss import cosine_distance
 
 
@@ -58,6 +58,8 @@ class DmddModel(nn.Module):
         pre_trained: Load the teacher's ImageNet weights.
         blur_sigma: Gaussian smoothing of the anomaly map in pixels; ``0``: none.
         score_fraction: The image score is the mean of this share of the map's highest values.
+        segmentation_head: The map comes from the segmentation head; ``False`` (ablation): from the normality
+            features' ``1 - cos`` distances to the teacher's, fused over scales.
 
     Example:
         >>> model = DmddModel("resnet18", ["layer1", "layer2"], False)
@@ -74,8 +76,10 @@ class DmddModel(nn.Module):
         pre_trained: bool,
         blur_sigma: float = 4.0,
         score_fraction: float = 0.01,
+        segmentation_head: bool = True,
     ) -> None:
         super().__init__()
+        self.segmentation_head = segmentation_head
         self.teacher = build_encoder(backbone, layers, pre_trained)
         channels = list(self.teacher.out_dims)
         strides = self.teacher.feature_extractor.feature_info.reduction()
@@ -144,7 +148,7 @@ class DmddModel(nn.Module):
     def forward(
         self, images: torch.Tensor, augmented: torch.Tensor | None = None, masks: torch.Tensor | None = None
     ) -> DmddTrainingOutput | InferenceBatch:
-        """Return the training outputs in training mode, else the smoothed anomaly probability map and image score.
+        """Return the training outputs in training mode, else the smoothed anomaly map and the image score.
 
         Raises:
             ValueError: In training mode without augmented images and masks.
@@ -155,4 +159,9 @@ class DmddModel(nn.Module):
                 msg = "Dmdd trains on pairs: pass the augmented images and their anomaly masks."
                 raise ValueError(msg)
             return self.training_outputs(images, augmented, masks)
-        return segmentation_output(self.logits(images), tuple(images.shape[-2:]), self.map_fusion)
+        if self.segmentation_head:
+            maps = [self.logits(images).sigmoid()]
+        else:
+            normality, _ = self.decoupled_features(images)
+            maps = [cosine_distance(n, t) for n, t in zip(normality, self.teacher_features(images), strict=True)]
+        return fused_output(maps, tuple(images.shape[-2:]), self.map_fusion)

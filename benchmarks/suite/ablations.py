@@ -1,0 +1,162 @@
+"""Ablations: variants of the family's suite configurations, each with one choice undone, and their report.
+
+A variant changes constructor options of a model's suite configuration (:data:`ABLATIONS`); everything else (data,
+image size, seeds, budget, layers) stays the suite's, so a variant's row compares with the full model's row of the
+main suite. ``python -m benchmarks.run --ablations`` runs them and keeps their records apart
+(:data:`ABLATION_RECORDS_DIR`); ``benchmarks/ABLATIONS.md`` puts each variant beside the full model, per dataset, with
+the change of the mean over the datasets both have.
+"""
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite.records import REPO_ROOT
+from benchmarks.suite.report import QUALITY, grouped, header_lines, mean_cell, mean_std, ordered, values
+from benchmarks.suite.settings import TRACKS, RunSettings, run_settings
+
+ABLATION_RECORDS_DIR = REPO_ROOT / "benchmarks" / "ablations"
+ABLATION_REPORT = REPO_ROOT / "benchmarks" / "ABLATIONS.md"
+VARIANT_SEPARATOR = "+"
+PRETRAINED_ONLY = ("pretrained",)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One variant of a suite configuration.
+
+    Args:
+        options: Constructor options that replace the configuration's; a dictionary (a settings dataclass) is merged
+            into the configuration's key by key.
+        question: What the variant measures, for the report.
+        tracks: Tracks whose configuration makes the choice the variant undoes (a DHKD default decided by encoder
+            is off without ImageNet weights already).
+
+    """
+
+    options: dict[str, Any]
+    question: str
+    tracks: tuple[str, ...] = TRACKS
+
+
+ABLATIONS: dict[str, dict[str, Ablation]] = {
+    "dhkd": {
+        "teacher_2_blocks": Ablation({"teacher": {"blocks": 2}}, "half the flow couplings: cost of a faster teacher"),
+        "teacher_no_noise": Ablation(
+            {"teacher": {"noise_level": 0.0}}, "the teacher's dequantisation noise", PRETRAINED_ONLY
+        ),
+        "student_2_blocks": Ablation({"student": {"blocks": 2}}, "a deeper student (the model default)"),
+        "no_coherence": Ablation(
+            {"scoring": {"coherence_weight": 0.0}}, "the map's discrepancy coherence", PRETRAINED_ONLY
+        ),
+        "no_global_score": Ablation(
+            {"scoring": {"global_score": False}}, "the latent statistics in the image score", PRETRAINED_ONLY
+        ),
+    },
+    "asymmetric_ts": {
+        "plain_student": Ablation({"student": {"contextual": False}}, "CoT blocks against plain 3x3 blocks"),
+        "bn_teacher": Ablation({"eman_momentum": 1.0}, "EMAN against the teacher's ImageNet BatchNorm statistics"),
+        "student_3_blocks": Ablation({"student": {"blocks": 3}}, "three residual blocks per student scale"),
+    },
+    "bikd": {
+        "no_exchange": Ablation({"exchange_weight": 0.0}, "the reciprocal exchange term"),
+        "no_augmentation": Ablation({"anomaly_probability": 0.0}, "the synthetic anomalies the students undo"),
+        "no_exchange_no_augmentation": Ablation(
+            {"exchange_weight": 0.0, "anomaly_probability": 0.0}, "both directions trained apart on clean images"
+        ),
+    },
+    "dmdd": {
+        "no_ngm": Ablation({"normality_weight": 0.0}, "normality-guided mimicking"),
+        "no_aim": Ablation({"abnormality_weight": 0.0}, "abnormality inverse mimicking"),
+        "no_head": Ablation({"segmentation_head": False}, "the segmentation head against the raw discrepancy map"),
+        "anywhere": Ablation({"anomaly_on_foreground": False}, "synthetic anomalies on the object only"),
+    },
+}
+
+
+def variant_name(model: str, variant: str) -> str:
+    """The configuration name of a variant in its records and report, e.g. ``bikd+no_exchange``."""
+    return f"{model}{VARIANT_SEPARATOR}{variant}"
+
+
+def merged_options(options: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``changes`` applied; a dictionary change is merged into the dictionary it replaces.
+
+    Example:
+        >>> merged_options({"teacher": {"blocks": 4, "clamp": 2.0}, "max": 1}, {"teacher": {"blocks": 2}})
+        {'teacher': {'blocks': 2, 'clamp': 2.0}, 'max': 1}
+
+    """
+    result = dict(options)
+    for name, value in changes.items():
+        if name not in options:
+            msg = f"option {name!r} is not one of the configuration's: {sorted(options)}"
+            raise KeyError(msg)
+        result[name] = {**options[name], **value} if isinstance(value, dict) else value
+    return result
+
+
+def ablation_settings(model: str, variant: str, track: str, image_size: int, seed: int) -> RunSettings | None:
+    """Settings of ``model``'s ``variant`` in ``track``; ``None`` where the variant has nothing to undo there.
+
+    A choice the track's preset does not make (e.g. the global score without ImageNet weights) has nothing to undo.
+    """
+    if track not in ABLATIONS[model][variant].tracks:
+        return None
+    settings = run_settings(model, track, image_size, seed, quick=False)
+    options = merged_options(settings.options, ABLATIONS[model][variant].options)
+    return None if options == settings.options else dataclasses.replace(settings, options=options)
+
+
+def relative_change(variant_runs: dict[str, list], full_runs: dict[str, list], key: str) -> str:
+    """Mean over the datasets both have of the variant's mean ``key`` minus the full model's, in points."""
+    shared = [d for d in variant_runs if values(variant_runs[d], key) and values(full_runs.get(d, []), key)]
+    if not shared:
+        return "-"
+    differences = [mean_std(values(variant_runs[d], key))[0] - mean_std(values(full_runs[d], key))[0] for d in shared]
+    return f"{100 * statistics.fmean(differences):+.1f}"
+
+
+def model_section(model: str, track: str, groups: dict, suite_groups: dict) -> list[str]:
+    """Table of ``model``'s variants in ``track``: per dataset image AUROC / pixel AUROC / PRO, and the change."""
+    measured = {(configuration, run_track) for configuration, _, run_track in groups}
+    variants = [name for name in ABLATIONS[model] if (variant_name(model, name), track) in measured]
+    if not variants:
+        return []
+    rows = {"full model": {d: runs for (m, d, t), runs in suite_groups.items() if (m, t) == (model, track)}}
+    for name in variants:
+        configuration = variant_name(model, name)
+        rows[name] = {d: runs for (m, d, t), runs in groups.items() if (m, t) == (configuration, track)}
+    datasets = ordered(d for runs in rows.values() for d in runs)
+    labels = " / ".join(QUALITY.values())
+    headers = ["variant", *datasets, f"change of the mean, points ({labels})", "what it measures"]
+    lines = [f"### {model}, track {track}", "", f"| {' | '.join(headers)} |", "|---" * len(headers) + "|"]
+    for name, by_dataset in rows.items():
+        cells = [" / ".join(mean_cell(by_dataset.get(d, []), key) for key in QUALITY) for d in datasets]
+        change = " / ".join(relative_change(by_dataset, rows["full model"], key) for key in QUALITY)
+        question = ABLATIONS[model][name].question if name in ABLATIONS[model] else "the suite's configuration"
+        lines.append(f"| {name} | {' | '.join(cells)} | {'-' if name == 'full model' else change} | {question} |")
+    return [*lines, ""]
+
+
+def write_ablation_report(records: list[dict[str, Any]], suite_records: list[dict[str, Any]], path: Path) -> Path:
+    """Write the ablation report: per model and track, each variant beside the full model's suite records."""
+    groups, suite_groups = grouped(records), grouped(suite_records)
+    lines = header_lines(records)[:3]  # title and stamp
+    lines[0] = "# Ablations of the family's models"
+    lines[2] = lines[2].replace("--report-only", "--ablations --report-only")
+    lines += [
+        "",
+        "Each variant undoes one choice of a model's suite configuration (`benchmarks/suite/ablations.py`) and runs "
+        "with the suite's data, image size, seeds and budget; `full model` is the suite's own row (RESULTS.md). Cells: "
+        f"{' / '.join(QUALITY.values())}, mean ± std over seeds. The change is the variant's mean minus the full "
+        "model's, averaged over the datasets both have, in points (negative: the choice helps).",
+        "",
+    ]
+    for model in ABLATIONS:
+        for track in TRACKS:
+            lines += model_section(model, track, groups, suite_groups)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,47 @@
+"""Dmdd's ablation switches change what they name and nothing else."""
+
+import pytest
+import torch
+
+from anomalib_dhkd.components.scoring import MapFusion
+from anomalib_dhkd.models.dmdd.loss import DmddLoss, cosine_distance
+from tests.conftest import TINY_IMAGE_SIZE, tiny_dmdd
+
+
+def test_map_without_the_head_is_the_fused_normality_discrepancy() -> None:
+    torch.manual_seed(0)
+    network = tiny_dmdd(segmentation_head=False, blur_sigma=0.0).model.eval()
+    images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    with torch.no_grad():
+        output = network(images)
+        normality, _ = network.decoupled_features(images)
+        distances = [cosine_distance(n, t) for n, t in zip(normality, network.teacher_features(images), strict=True)]
+        expected = MapFusion.fuse(distances, (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+        head_map = tiny_dmdd(blur_sigma=0.0).model.eval()(images).anomaly_map
+    torch.testing.assert_close(output.anomaly_map, expected)
+    assert not torch.allclose(head_map, expected)  # the default map is the head's, not this one
+
+
+def test_loss_weights_remove_their_term_only() -> None:
+    torch.manual_seed(0)
+    features = [torch.rand(2, 4, 4, 4)]
+    other = [torch.rand(2, 4, 4, 4)]
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:12, 4:12] = 1
+    logits = torch.zeros_like(masks)
+    arguments = (features, other, other, features, other, logits, masks)
+    full, no_ngm, no_aim = DmddLoss()(*arguments), DmddLoss(0.0, 1.0)(*arguments), DmddLoss(1.0, 0.0)(*arguments)
+    torch.testing.assert_close(full.total - no_ngm.total, full.normality)
+    torch.testing.assert_close(full.total - no_aim.total, full.abnormality)
+    assert float(full.normality) > 0
+    assert float(full.abnormality) > 0
+
+
+def test_negative_loss_weight_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        DmddLoss(normality_weight=-1.0)
+
+
+def test_anomalies_anywhere_switch_reaches_the_synthesiser() -> None:
+    assert tiny_dmdd().anomalies.on_foreground
+    assert not tiny_dmdd(anomaly_on_foreground=False).anomalies.on_foreground
