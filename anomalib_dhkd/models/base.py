@@ -614,7 +614,8 @@ class KnowledgeDistillationModule:
             other sub-modules (the frozen teacher) are left out.
 
         """
-        modules = [self.model.get_submodule(name) for name in self.TRAINED_MODULES]
+        modules = [getattr(self.model, name) for name in self.TRAINED_MODULES]
+        modules = [module for module in modules if module is not None]  # a branch an ablation leaves out
         parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
         return torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 

@@ -61,11 +61,17 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "student_3_blocks": Ablation({"student": {"blocks": 3}}, "three residual blocks per student scale"),
     },
     "bikd": {
-        "no_exchange": Ablation({"exchange_weight": 0.0}, "the reciprocal exchange term"),
-        "no_augmentation": Ablation({"anomaly_probability": 0.0}, "the synthetic anomalies the students undo"),
-        "no_exchange_no_augmentation": Ablation(
+        "forward_only": Ablation(
+            {"directions": ["forward"], "anomaly_probability": 0.0}, "the forward student alone, clean images"
+        ),
+        "reverse_only": Ablation(
+            {"directions": ["reverse"], "anomaly_probability": 0.0}, "the reverse branch alone, clean images"
+        ),
+        "both": Ablation(
             {"exchange_weight": 0.0, "anomaly_probability": 0.0}, "both directions trained apart on clean images"
         ),
+        "both_exchange": Ablation({"anomaly_probability": 0.0}, "both with the exchange, clean images"),
+        "no_exchange": Ablation({"exchange_weight": 0.0}, "the exchange term, with the synthetic anomalies"),
     },
     "dmdd": {
         "no_ngm": Ablation({"normality_weight": 0.0}, "normality-guided mimicking"),

@@ -13,7 +13,7 @@ from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringConfig, c
 DIRECTIONS = ("forward", "reverse")
 
 
-def branch_layers(layers: Sequence[str]) -> list[str]:
+def branch_layers(layers: Sequence[str], directions: Sequence[str] = DIRECTIONS) -> list[str]:
     """Name each direction's scales for the scorer, forward first.
 
     Example:
@@ -21,23 +21,28 @@ def branch_layers(layers: Sequence[str]) -> list[str]:
         ['forward.layer1', 'forward.layer2', 'reverse.layer1', 'reverse.layer2']
 
     """
-    return [f"{direction}.{layer}" for direction in DIRECTIONS for layer in layers]
+    return [f"{direction}.{layer}" for direction in DIRECTIONS if direction in directions for layer in layers]
 
 
 def bikd_scorer(
-    layers: Sequence[str], channels: Sequence[int], strides: Sequence[int], config: ScoringConfig
+    layers: Sequence[str],
+    channels: Sequence[int],
+    strides: Sequence[int],
+    config: ScoringConfig,
+    directions: Sequence[str] = DIRECTIONS,
 ) -> DiscrepancyScorer:
-    """Build Bikd's scorer over both directions' scales.
+    """Build Bikd's scorer over the scales of its directions.
 
     Args:
         layers: Teacher layers, shallowest first.
         channels: Teacher channels of each layer.
         strides: Stride of each layer in pixels.
-        config: Scoring settings, with layer names of :func:`branch_layers`; ``None`` values: every scale of both
-            directions scores, plain map (:data:`~anomalib_dhkd.components.scoring.PLAIN_MAP`).
+        config: Scoring settings, with layer names of :func:`branch_layers`; ``None`` values: every scale of every
+            direction scores, plain map (:data:`~anomalib_dhkd.components.scoring.PLAIN_MAP`).
+        directions: The directions the model has, of :data:`DIRECTIONS`.
 
     Returns:
-        The scorer; it takes ``ScoringInput([*T, *T], [*F, *R], size)``.
+        The scorer; with both directions it takes ``ScoringInput([*T, *T], [*F, *R], size)``.
 
     Example:
         >>> scorer = bikd_scorer(["a"], [8], [8], ScoringConfig())
@@ -45,4 +50,5 @@ def bikd_scorer(
         ([0, 1], [0, 1])
 
     """
-    return cosine_scorer(branch_layers(layers), [*channels, *channels], [*strides, *strides], config)
+    copies = len(directions)
+    return cosine_scorer(branch_layers(layers, directions), [*channels] * copies, [*strides] * copies, config)

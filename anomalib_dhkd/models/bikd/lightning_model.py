@@ -29,6 +29,7 @@ from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import ScoringConfig
 from anomalib_dhkd.components.synthesis import ForegroundAnomalies
 from anomalib_dhkd.models.base import KnowledgeDistillationModule, as_settings
+from anomalib_dhkd.models.bikd.anomaly_map import DIRECTIONS
 from anomalib_dhkd.models.bikd.loss import BikdLoss
 from anomalib_dhkd.models.bikd.torch_model import BikdModel
 
@@ -48,6 +49,8 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
             learn to undo; ``0``: none. Defaults to ``0.5``.
         anomaly_source_path: Folder of texture images for the anomalies (a DTD folder); ``None``: anomalib's
             Perlin-noise textures, which need no download. Defaults to ``None``.
+        directions: The branches to build and train, ``"forward"`` and/or ``"reverse"``; one alone is an ablation
+            (then there is no exchange). Defaults to both.
         scoring: Anomaly map and image score settings; layer names are ``forward.<layer>`` and ``reverse.<layer>``;
             ``None`` values: every scale of both directions scores, plain map. Defaults to ``ScoringConfig()``.
         learning_rate: Adam learning rate of the forward student, bottleneck and decoder. Defaults to ``1e-3``.
@@ -75,6 +78,7 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         exchange_weight: float = 0.5,
         anomaly_probability: float = 0.5,
         anomaly_source_path: str | None = None,
+        directions: Sequence[str] = DIRECTIONS,
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008 (frozen dataclass)
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
@@ -93,7 +97,7 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
             visualizer=visualizer,
         )
         layers = list(layers or default_layers(backbone))
-        self.model = BikdModel(backbone, layers, pre_trained, as_settings(ScoringConfig, scoring))
+        self.model = BikdModel(backbone, layers, pre_trained, as_settings(ScoringConfig, scoring), directions)
         self.loss = BikdLoss(exchange_weight)
         self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability) if anomaly_probability else None
 

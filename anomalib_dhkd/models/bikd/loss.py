@@ -53,16 +53,25 @@ class BikdLoss(nn.Module):
     def forward(
         self,
         teacher: list[torch.Tensor],
-        forward_student: list[torch.Tensor],
-        reverse_student: list[torch.Tensor],
+        forward_student: list[torch.Tensor] | None,
+        reverse_student: list[torch.Tensor] | None,
     ) -> BikdLossTerms:
-        """Return the total loss and its terms for per-scale features, shallowest first."""
-        forward_term = sum(
-            self.forward_loss.compute_layer_loss(t, f) for t, f in zip(teacher, forward_student, strict=True)
-        )
-        reverse_term = self.reverse_loss(teacher, reverse_student)
-        exchange = sum(
-            self.forward_loss.compute_layer_loss(f, r) for f, r in zip(forward_student, reverse_student, strict=True)
-        )
+        """Return the total loss and its terms for per-scale features, shallowest first.
+
+        A direction the model does not have (``None``, an ablation) contributes no term, nor does the exchange.
+        """
+        zero = teacher[0].new_zeros(())
+        forward_term = exchange = reverse_term = zero
+        if forward_student is not None:
+            forward_term = sum(
+                self.forward_loss.compute_layer_loss(t, f) for t, f in zip(teacher, forward_student, strict=True)
+            )
+        if reverse_student is not None:
+            reverse_term = self.reverse_loss(teacher, reverse_student)
+        if forward_student is not None and reverse_student is not None:
+            exchange = sum(
+                self.forward_loss.compute_layer_loss(f, r)
+                for f, r in zip(forward_student, reverse_student, strict=True)
+            )
         total = forward_term + reverse_term + self.exchange_weight * exchange
         return BikdLossTerms(total, forward_term, reverse_term, exchange)

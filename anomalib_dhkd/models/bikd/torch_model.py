@@ -23,16 +23,19 @@ from anomalib.models.components import TimmFeatureExtractor
 
 from anomalib_dhkd.components.encoders import OneClassBottleneck, PyramidDecoder, build_encoder
 from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
-from anomalib_dhkd.models.bikd.anomaly_map import bikd_scorer
+from anomalib_dhkd.models.bikd.anomaly_map import DIRECTIONS, bikd_scorer
 from anomalib_dhkd.models.network import TeacherStudentNetwork
 
 
 class BikdTrainingOutput(NamedTuple):
-    """Per-scale features of a training batch: the teacher's, the forward student's and the reverse decoder's."""
+    """Per-scale features of a training batch: the teacher's, the forward student's and the reverse decoder's.
+
+    A direction the model does not have is ``None``.
+    """
 
     teacher: list[torch.Tensor]
-    forward_student: list[torch.Tensor]
-    reverse_student: list[torch.Tensor]
+    forward_student: list[torch.Tensor] | None
+    reverse_student: list[torch.Tensor] | None
 
 
 class BikdModel(TeacherStudentNetwork):
@@ -43,6 +46,10 @@ class BikdModel(TeacherStudentNetwork):
         layers: Teacher layers, shallowest first.
         pre_trained: Load the teacher's ImageNet weights.
         scoring: Scoring settings; ``None`` values: every scale of both directions scores, plain map.
+        directions: The branches to build, of ``("forward", "reverse")``; one alone is an ablation.
+
+    Raises:
+        ValueError: For no direction or an unknown one.
 
     Example:
         >>> model = BikdModel("resnet18", ["layer1", "layer2"], False, ScoringConfig())
@@ -51,16 +58,31 @@ class BikdModel(TeacherStudentNetwork):
 
     """
 
-    def __init__(self, backbone: str, layers: Sequence[str], pre_trained: bool, scoring: ScoringConfig) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str],
+        pre_trained: bool,
+        scoring: ScoringConfig,
+        directions: Sequence[str] = DIRECTIONS,
+    ) -> None:
         super().__init__()
+        if not directions or set(directions) - set(DIRECTIONS):
+            msg = f"directions must be one or both of {list(DIRECTIONS)}, got {list(directions)}."
+            raise ValueError(msg)
+        self.directions = tuple(d for d in DIRECTIONS if d in directions)
         self.teacher = build_encoder(backbone, layers, pre_trained)
         layers = list(self.teacher.layers)
         channels = list(self.teacher.out_dims)
         strides = self.teacher.feature_extractor.feature_info.reduction()
-        self.forward_student = TimmFeatureExtractor(backbone, layers, pre_trained=False, requires_grad=True)
-        self.bottleneck = OneClassBottleneck(channels, strides)
-        self.decoder = PyramidDecoder(channels, strides)
-        self.scorer = bikd_scorer(layers, channels, strides, scoring)
+        self.forward_student = None
+        self.bottleneck = self.decoder = None
+        if "forward" in self.directions:
+            self.forward_student = TimmFeatureExtractor(backbone, layers, pre_trained=False, requires_grad=True)
+        if "reverse" in self.directions:
+            self.bottleneck = OneClassBottleneck(channels, strides)
+            self.decoder = PyramidDecoder(channels, strides)
+        self.scorer = bikd_scorer(layers, channels, strides, scoring, self.directions)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the frozen teacher's features of ``images`` per scale."""
@@ -85,17 +107,29 @@ class BikdModel(TeacherStudentNetwork):
         del schedule
         augmented = images if augmented is None else augmented
         teacher = self.teacher_features(images)
-        noisy_teacher = teacher if augmented is images else self.teacher_features(augmented)
-        sizes = [tuple(t.shape[-2:]) for t in teacher]
-        reverse = self.decoder(self.bottleneck(noisy_teacher), sizes=sizes)
-        return BikdTrainingOutput(teacher, list(self.forward_student(augmented).values()), reverse)
+        forward = reverse = None
+        if self.forward_student is not None:
+            forward = list(self.forward_student(augmented).values())
+        if self.decoder is not None:
+            reverse = self.reconstruct(teacher if augmented is images else self.teacher_features(augmented))
+        return BikdTrainingOutput(teacher, forward, reverse)
 
     def reconstruct(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the reverse branch's reconstruction of the teacher's scales from their bottleneck embedding."""
         return self.decoder(self.bottleneck(teacher), sizes=[tuple(t.shape[-2:]) for t in teacher])
 
     def scoring_input(self, images: torch.Tensor) -> ScoringInput:
-        """Return both directions' features of ``images`` for the scorer: teacher twice, forward then reverse."""
+        """Return the directions' features of ``images`` for the scorer.
+
+        Returns:
+            The teacher's features once per direction, against the forward student's and then the reverse
+            reconstruction's.
+
+        """
         teacher = self.teacher_features(images)
-        students = [*self.forward_student(images).values(), *self.reconstruct(teacher)]
-        return ScoringInput([*teacher, *teacher], students, images.shape[-2:])
+        students = []
+        if self.forward_student is not None:
+            students += self.forward_student(images).values()
+        if self.decoder is not None:
+            students += self.reconstruct(teacher)
+        return ScoringInput(teacher * len(self.directions), students, images.shape[-2:])
