@@ -226,7 +226,8 @@ def run_suite(args: argparse.Namespace) -> None:
         dataset = dataset_name(run.spec)
         record = base_record(run.configuration, dataset, run.track, run.settings)
         prefix = f"[{index}/{len(runs)}] {run.configuration} {dataset} {run.track} seed {run.settings.seed}"
-        if not args.force and finished_run(args.records, record) is not None:
+        defaults = run_settings(run.model, run.track, args.image_size, run.settings.seed, args.quick).options
+        if not args.force and finished_run(args.records, record, defaults) is not None:
             print(f"{prefix}: already done, skipped", flush=True)
             continue
         minutes = (time.perf_counter() - start) / 60

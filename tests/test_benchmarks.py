@@ -178,6 +178,24 @@ def test_finished_runs_are_skipped_and_other_seeds_or_settings_run(
     assert " ± " in (out / "RESULTS.md").read_text()  # two seeds of padim: mean ± std
 
 
+def test_a_record_without_a_newer_option_stays_current_but_another_value_does_not(tmp_path: Path) -> None:
+    from benchmarks.suite.records import finished_run
+
+    current = synthetic_record("bikd", "toy/cat", 0, 0.9)
+    older = json.loads(json.dumps(current))
+    del older["settings"]["options"]["directions"]  # measured before the argument existed
+    save_record(tmp_path, older)
+    defaults = current["settings"]["options"]
+    assert finished_run(tmp_path, current, defaults) is not None
+    assert finished_run(tmp_path, current) is None  # without the defaults every option must match
+    other = json.loads(json.dumps(current))
+    other["settings"]["options"]["directions"] = ["forward"]  # the older record measured both directions
+    assert finished_run(tmp_path, other, defaults) is None
+    changed = json.loads(json.dumps(current))
+    changed["settings"]["options"]["exchange_weight"] = 0.25
+    assert finished_run(tmp_path, changed, defaults) is None
+
+
 def test_budget_stops_before_a_new_run(tmp_path: Path) -> None:
     from benchmarks import run
 

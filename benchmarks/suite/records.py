@@ -60,13 +60,28 @@ def save_record(records_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def finished_run(records_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
-    """The ok record with ``record``'s key and settings, if there is one."""
+def finished_run(
+    records_dir: Path, record: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ok record with ``record``'s key and settings, if there is one.
+
+    Args:
+        records_dir: The records folder.
+        record: The run about to start, with its settings.
+        defaults: The suite configuration's options today; an option an earlier record lacks counts as set to its
+            value here (a constructor argument added since, such as an ablation switch, keeps the model as it was
+            at its default, so the records measured before stay current). ``None``: every option must match.
+
+    Returns:
+        The earlier record, or ``None`` if the run has to happen.
+
+    """
     path = record_path(records_dir, record)
     if not path.is_file():
         return None
     earlier = json.loads(path.read_text())
-    return earlier if (earlier["status"], earlier["settings"]) == ("ok", record["settings"]) else None
+    settings = {**earlier["settings"], "options": {**(defaults or {}), **earlier["settings"]["options"]}}
+    return earlier if (earlier["status"], settings) == ("ok", record["settings"]) else None
 
 
 def package_version(name: str) -> str | None:
