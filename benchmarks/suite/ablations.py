@@ -44,6 +44,22 @@ class Ablation:
 ABLATIONS: dict[str, dict[str, Ablation]] = {
     "dhkd": {
         "teacher_2_blocks": Ablation({"teacher": {"blocks": 2}}, "half the flow couplings: cost of a faster teacher"),
+        "teacher_2_blocks_half_width": Ablation(
+            {"teacher": {"blocks": 2, "hidden_ratio": 0.5}}, "a quarter of the teacher's cost (speed)"
+        ),
+        "fast": Ablation(
+            {
+                "teacher": {"blocks": 2},
+                "scoring": {"score_layers": ["blocks.4"], "coherence_layers": ["blocks.4"], "coherence_weight": 0.15},
+            },
+            "two-block teacher without the blocks.6 pair: 0.54x the encoder at batch 1 against 0.35x",
+            PRETRAINED_ONLY,
+        ),
+        "no_stride_32_score": Ablation(
+            {"scoring": {"score_layers": ["blocks.4"], "coherence_layers": ["blocks.4"], "coherence_weight": 0.15}},
+            "the score-only blocks.6 pair (its encoder stage and pair cost a third of the time)",
+            PRETRAINED_ONLY,
+        ),
         "teacher_no_noise": Ablation(
             {"teacher": {"noise_level": 0.0}}, "the teacher's dequantisation noise", PRETRAINED_ONLY
         ),
