@@ -132,6 +132,8 @@ def check_before_running(cli_class: type) -> None:
 def stop_on_bad_data(cli: Any) -> None:
     """Exit with status 1 and every problem of the datamodule's files, before anything downloads or trains.
 
+    Warnings alone (an empty mask) are printed and the run goes on.
+
     Args:
         cli: The ``AnomalibCLI`` instance, with its ``datamodule`` instantiated.
 
@@ -141,9 +143,10 @@ def stop_on_bad_data(cli: Any) -> None:
     """
     from anomalib_dhkd.tools.preflight import data_report
 
-    message = data_report(getattr(cli, "datamodule", None))
+    message, stop = data_report(getattr(cli, "datamodule", None))
     if message is not None:
         print(message, file=sys.stderr)
+    if stop:
         raise SystemExit(1)
 
 

@@ -5,8 +5,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from anomalib.data import Folder, MVTecAD
+from PIL import Image
 
 from anomalib_dhkd.tools.preflight import datamodule_problems
 from tests.conftest import anomalib_cli, shared_category, write_tiny_config
@@ -121,6 +123,23 @@ def test_folder_datamodule_folders_are_checked(hazelnut: Path) -> None:
     assert len(problems) == 1
     assert named in problems[0]
     assert "unreadable or corrupt image" in problems[0]
+
+
+def test_warnings_alone_do_not_stop_a_run_but_a_problem_does(hazelnut: Path) -> None:
+    from anomalib_dhkd.tools.preflight import data_report
+
+    category = hazelnut / CATEGORY
+    mask = next((category / "ground_truth").rglob("*_mask.png"))
+    Image.fromarray(np.zeros(Image.open(mask).size[::-1], np.uint8)).save(mask)
+    message, stop = data_report(MVTecAD(root=hazelnut, category=CATEGORY))
+    assert not stop
+    assert message.splitlines()[0].startswith(f"WARNING {mask}: empty mask")
+    assert "1 warning(s)" in message.splitlines()[-1]
+    named = truncate_first_training_image(category)
+    message, stop = data_report(MVTecAD(root=hazelnut, category=CATEGORY))
+    assert stop
+    assert named in message
+    assert message.splitlines()[-1].startswith("error: the data has 1 problem(s)")
 
 
 def test_a_missing_known_category_is_left_to_anomalibs_download(tmp_path: Path) -> None:

@@ -25,7 +25,10 @@ Problems:
     - constant images (every pixel the same, e.g. all black): blank frames with no texture, which in training push
       the per-channel feature standard deviation that DHKD normalises and scales its noise by towards 0;
     - MVTec layout: a missing or empty ``train/good``, folders other than ``good`` in ``train/``, defect images
-      without a mask, masks without an image, masks whose size differs from their image's, empty masks.
+      without a mask, masks without an image, masks whose size differs from their image's.
+
+Warnings (listed, but training and testing may start): empty masks of defect images, which only bias the pixel
+metrics of those images (Magnetic Tile ships four).
 
 Notes (counted, not problems): grayscale, palette, RGBA, CMYK and 16-bit RGB images, which ``read_image``
 converts to RGB correctly; non-square images (resized to a square without keeping the aspect ratio); images smaller
@@ -77,16 +80,26 @@ class Problem:
         path: The file or folder at fault.
         message: What is wrong, and what anomalib would do with it.
         fix: How to fix it.
+        blocking: Whether training or testing should not start with it; ``False`` (a warning): anomalib runs and
+            only a metric is slightly off, e.g. an empty mask, which some public datasets ship.
 
     Example:
         >>> print(Problem(Path("train/good/001.png"), "empty (0-byte) file.", "delete it."))
         train/good/001.png: empty (0-byte) file. Fix: delete it.
+        >>> Problem(Path("a_mask.png"), "empty mask.", "draw it.", blocking=False).label
+        'WARNING'
 
     """
 
     path: Path
     message: str
     fix: str
+    blocking: bool = True
+
+    @property
+    def label(self) -> str:
+        """``PROBLEM`` or ``WARNING``, the word that starts its line."""
+        return "PROBLEM" if self.blocking else "WARNING"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message} Fix: {self.fix}"
@@ -123,10 +136,10 @@ class CheckReport:
         """Whether no problem was found.
 
         Returns:
-            ``True`` if the report lists no problem (notes do not count).
+            ``True`` if the report lists no blocking problem (warnings and notes do not count).
 
         """
-        return not self.problems
+        return not any(problem.blocking for problem in self.problems)
 
     def summary(self) -> str:
         """One line: images checked per split and the number of problems.
@@ -138,17 +151,20 @@ class CheckReport:
         where = f"MVTec layout, category {', '.join(self.categories)}" if self.layout == "mvtec" else "plain folder"
         splits = ", ".join(f"{split} {count}" for split, count in self.counts.items())
         total = sum(self.counts.values())
-        return f"Checked {total} images in {self.root} ({where}): {splits or 'none'}; {len(self.problems)} problem(s)."
+        warnings = sum(not problem.blocking for problem in self.problems)
+        counted = f"{len(self.problems) - warnings} problem(s)" + (f", {warnings} warning(s)" if warnings else "")
+        return f"Checked {total} images in {self.root} ({where}): {splits or 'none'}; {counted}."
 
     def lines(self) -> list[str]:
         """Every problem, then every note, then the summary.
 
         Returns:
-            The lines the command line prints: ``PROBLEM ...``, then ``note: ...``, then :meth:`summary`.
+            The lines the command line prints: ``PROBLEM ...`` and ``WARNING ...``, then ``note: ...``, then
+            :meth:`summary`.
 
         """
         notes = [f"note: {count} image(s): {note}" for note, count in sorted(self.notes.items())]
-        return [f"PROBLEM {problem}" for problem in self.problems] + notes + [self.summary()]
+        return [f"{problem.label} {problem}" for problem in self.problems] + notes + [self.summary()]
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,8 @@ class _Checker:
         self.min_size = min_size
         self.progress = progress
 
-    def problem(self, path: Path, message: str, fix: str) -> None:
-        self.report.problems.append(Problem(path, message, fix))
+    def problem(self, path: Path, message: str, fix: str, blocking: bool = True) -> None:
+        self.report.problems.append(Problem(path, message, fix, blocking))
 
     def folder(self, folder: Path, split: str, mask: bool = False) -> dict[Path, ImageInfo | None]:
         """Inspect every file of an MVTec label folder; return its image files and their info (None: broken)."""
@@ -419,6 +435,7 @@ class _Checker:
                 path,
                 "empty mask (no pixel above 0): pixel metrics see no defect in this defect image.",
                 "draw the defect region, or move the image to test/good if it is not defective.",
+                blocking=False,  # anomalib runs; public sets ship such masks (Magnetic Tile has four)
             )
 
     def plain(self, root: Path) -> None:

@@ -25,7 +25,8 @@ def mvtec_problems(root: Path, category: str, known_categories: tuple[str, ...])
         known_categories: The categories the datamodule can download.
 
     Returns:
-        One line per problem, empty when the folder is fine or will be downloaded.
+        One line per problem (``PROBLEM ...``) or warning (``WARNING ...``), empty when the folder is fine or will
+        be downloaded.
 
     Example:
         >>> mvtec_problems(Path("no/such/root"), "bottle", ("bottle",))
@@ -44,7 +45,7 @@ def mvtec_problems(root: Path, category: str, known_categories: tuple[str, ...])
             f"Fix: check --data.category (folders in {root}: {', '.join(present) or 'none'})."
         ]
     report = check_dataset(root, category=category)
-    return [f"PROBLEM {problem}" for problem in report.problems]
+    return [f"{problem.label} {problem}" for problem in report.problems]
 
 
 def folder_problems(root: Path | None, folders: list[str | Path | None]) -> list[str]:
@@ -67,7 +68,7 @@ def folder_problems(root: Path | None, folders: list[str | Path | None]) -> list
     lines = []
     for folder in filter(None, folders):
         path = Path(folder) if root is None else Path(root) / folder
-        lines += [f"PROBLEM {problem}" for problem in check_dataset(path).problems]
+        lines += [f"{problem.label} {problem}" for problem in check_dataset(path).problems]
     return lines
 
 
@@ -96,23 +97,31 @@ def datamodule_problems(datamodule: object) -> list[str]:
     return []
 
 
-def data_report(datamodule: object) -> str | None:
-    """Describe bad data in the message that stops a run: every problem, then the full report's command.
+def data_report(datamodule: object) -> tuple[str | None, bool]:
+    """Describe bad data before a run: every problem and warning, then the full report's command.
 
     Args:
         datamodule: The datamodule the command line built.
 
     Returns:
-        The message, or ``None`` when the data has no problem.
+        The text to print (``None`` when the data has no finding) and whether the run must stop: problems stop it,
+        warnings alone (``WARNING ...`` lines, e.g. an empty mask) do not.
+
+    Example:
+        >>> data_report(object())
+        (None, False)
 
     """
     lines = datamodule_problems(datamodule)
     if not lines:
-        return None
+        return None, False
     where = getattr(datamodule, "root", "")
     category = getattr(datamodule, "category", None)
     command = f"{CHECK_COMMAND} {where}" + (f" --category {category}" if category else "")
-    return "\n".join([*lines, f"error: the data has {len(lines)} problem(s); fix them (full report: {command})."])
+    problems = sum(not line.startswith("WARNING") for line in lines)
+    if not problems:
+        return "\n".join([*lines, f"warning: {len(lines)} warning(s) about the data (full report: {command})."]), False
+    return "\n".join([*lines, f"error: the data has {problems} problem(s); fix them (full report: {command})."]), True
 
 
 def check_writable(folder: Path, option: str = "--out") -> None:

@@ -159,7 +159,6 @@ BAD_CASES: list[tuple[Callable[[Path], Path], str]] = [
     (gif_file, "does not read"),
     (jpeg_in_mvtec, "reads only .png"),
     (mask_size_mismatch, "stretched"),
-    (empty_mask, "empty mask"),
     (defect_folder_in_train, "must hold only good"),
     (sixteen_bit_gray, "clips values above 255"),
 ]
@@ -177,6 +176,20 @@ def test_each_problem_is_reported_with_its_file(
     assert problem.fix
     assert main([str(dataset)]) == 1
     assert f"PROBLEM {bad}: " in capsys.readouterr().out
+
+
+def test_an_empty_mask_is_a_warning_that_does_not_fail_the_check(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = empty_mask(dataset / "parts")
+    report = check_dataset(dataset, category="parts")
+    assert [(problem.path, problem.blocking) for problem in report.problems] == [(bad, False)]
+    assert "empty mask" in report.problems[0].message
+    assert report.ok
+    assert main([str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING {bad}: " in out
+    assert "0 problem(s), 1 warning(s)." in out
 
 
 def test_every_problem_is_listed_at_once(dataset: Path) -> None:
