@@ -249,8 +249,9 @@ def run_suite(args: argparse.Namespace) -> None:
         run_start = time.perf_counter()
         maps_path(args.out, record).parent.mkdir(parents=True, exist_ok=True)
         record = execute(job, record, maps_path(args.out, record))
+        record["wall_seconds"] = round(time.perf_counter() - run_start, 1)  # training, testing, speed, in all
         save_record(args.records, record)
-        print(f"{prefix} {summary(record)} ({time.perf_counter() - run_start:.0f} s in all)", flush=True)
+        print(f"{prefix} {summary(record)} ({record['wall_seconds']:.0f} s in all)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

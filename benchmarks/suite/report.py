@@ -124,6 +124,14 @@ def mean_cell(runs: list[dict[str, Any]], key: str, digits: int = 3, bold: bool 
     return f"**{text}**" if bold else text
 
 
+def compute_line(records: list[dict[str, Any]]) -> str:
+    """The machine time the records took: wall seconds where recorded, training seconds of the older records."""
+    timed = [record["wall_seconds"] for record in records if record.get("wall_seconds")]
+    older = [r["train_seconds"] for r in records if not r.get("wall_seconds") and r["train_seconds"]]
+    text = f"Machine time: {sum(timed) / 3600:.1f} h for the {len(timed)} runs timed in all (training, test, speed)"
+    return text + (f", and {sum(older) / 3600:.1f} h of training for {len(older)} older runs." if older else ".")
+
+
 def header_lines(records: list[dict[str, Any]]) -> list[str]:
     """Title, stamp (commit, date, machine of this report) and the provenance of the records."""
     now = environment()
@@ -137,7 +145,7 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d} at commit {now['commit']} on {platform.machine()} with "
         f"{now['cpu_count']} CPUs (torch {now['torch']}, anomalib {now['anomalib']}) from {len(records)} records "
         f"(`python -m benchmarks.run --report-only`). Runs dated {dates[0]} to {dates[-1]}, commits {commits}; "
-        f"seeds {', '.join(map(str, seeds))}.",
+        f"seeds {', '.join(map(str, seeds))}. {compute_line(records)}",
         "",
         "Every run trains and tests through anomalib's `Engine` with the same data, image size, seeds and batch size, "
         "scored by `anomalib_dhkd.models.evaluation.default_evaluator()` (PRO = anomalib's AUPRO up to FPR 0.3) "
