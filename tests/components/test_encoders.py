@@ -1,6 +1,7 @@
 """Encoders: feature layers defaulted from the backbone, and unknown layers rejected."""
 
 import pytest
+import torch
 
 from anomalib_dhkd.components.encoders import build_encoder, default_layers, encoder_layer_names, feature_layers
 
@@ -53,3 +54,24 @@ def test_build_encoder_orders_layers_by_depth() -> None:
     encoder = build_encoder("tf_efficientnet_lite0", ["blocks.4", "blocks.1"], pre_trained=False)
     assert list(encoder.layers) == ["blocks.1", "blocks.4"]
     assert list(encoder.out_dims) == [24, 112]
+
+
+def test_unused_blocks_are_dropped_with_the_same_features_and_old_weights_still_load() -> None:
+    from anomalib.models.components import TimmFeatureExtractor
+
+    torch.manual_seed(0)
+    full = TimmFeatureExtractor("tf_efficientnet_lite0", ["blocks.1", "blocks.4"], pre_trained=False).eval()
+    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.1", "blocks.4"], pre_trained=False).eval()
+    assert len(encoder.feature_extractor.blocks) == 5  # blocks.5 and blocks.6 would only cost time
+    assert sum(p.numel() for p in encoder.parameters()) < sum(p.numel() for p in full.parameters())
+    encoder.load_state_dict(full.state_dict())  # a checkpoint with every block loads; the extra weights are skipped
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = full(images), encoder(images)
+    assert list(actual) == list(expected)
+    for name in expected:
+        assert torch.equal(actual[name], expected[name])
+    deepest = build_encoder("tf_efficientnet_lite0", ["blocks.6"], pre_trained=False)
+    assert len(deepest.feature_extractor.blocks) == 7  # nothing to drop
+    with pytest.raises(RuntimeError, match="Missing key"):  # a dropped block is skipped, a missing one is not
+        encoder.load_state_dict({k: v for k, v in full.state_dict().items() if "blocks.4." not in k})

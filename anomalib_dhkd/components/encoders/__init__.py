@@ -7,6 +7,7 @@ from anomalib_dhkd.components.encoders.feature_extractor import (
     default_layers,
     encoder_layer_names,
     feature_layers,
+    without_unused_blocks,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "encoder_layer_names",
     "feature_layers",
     "stride_exponents",
+    "without_unused_blocks",
 ]

@@ -131,7 +131,53 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
         raise RuntimeError(msg) from error
     # anomalib's requires_grad=False only runs the forward without gradients; the parameters are frozen here too, so
     # that an optimiser or a parameter count sees the encoder as the fixed part it is.
-    return encoder.requires_grad_(False)
+    return without_unused_blocks(encoder).requires_grad_(False)
+
+
+def without_unused_blocks(encoder: TimmFeatureExtractor) -> TimmFeatureExtractor:
+    """Drop the blocks after the deepest extracted layer from a timm EfficientNet or MobileNet feature extractor.
+
+    timm's ``EfficientNetFeatures`` (``features_only`` for EfficientNet, MobileNet and their kin) runs every block
+    whatever layers are asked for, so features up to ``blocks.4`` of ``tf_efficientnet_lite0`` also pay for
+    ``blocks.5`` and ``blocks.6``. Without them the features are the same, bit for bit. Checkpoints saved with the
+    dropped blocks still load: their weights are skipped. Other extractors (timm's ``FeatureListNet`` for ResNets
+    already stops at the deepest layer) are returned as they are.
+
+    Args:
+        encoder: anomalib's extractor.
+
+    Returns:
+        The same extractor, its unused blocks removed.
+
+    Example:
+        >>> encoder = TimmFeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], pre_trained=False)
+        >>> len(encoder.feature_extractor.blocks), len(without_unused_blocks(encoder).feature_extractor.blocks)
+        (7, 3)
+
+    """
+    extractor = encoder.feature_extractor
+    blocks = getattr(extractor, "blocks", None)
+    stage_outputs = getattr(extractor, "_stage_out_idx", None)  # block i's output is stage i + 1
+    if not isinstance(blocks, torch.nn.Sequential) or not stage_outputs or extractor.feature_hooks is not None:
+        return encoder
+    kept = max(stage_outputs)
+    if kept >= len(blocks):
+        return encoder
+    extractor.blocks = blocks[:kept]
+    encoder._register_load_state_dict_pre_hook(_skip_dropped_blocks, with_module=True)
+    return encoder
+
+
+def _skip_dropped_blocks(encoder: TimmFeatureExtractor, state_dict: dict, prefix: str, *_args: object) -> None:
+    """Load-state-dict pre-hook of :func:`without_unused_blocks`: drop the weights of blocks the encoder no longer has.
+
+    A module-level function, so that a model holding the hook still pickles (anomalib's torch export).
+    """
+    kept = len(encoder.feature_extractor.blocks)
+    blocks = f"{prefix}feature_extractor.blocks."
+    for key in [key for key in state_dict if key.startswith(blocks)]:
+        if int(key[len(blocks) :].split(".", 1)[0]) >= kept:
+            del state_dict[key]
 
 
 def backbone_pre_processor(backbone: str, image_size: tuple[int, int] | None = None) -> PreProcessor:

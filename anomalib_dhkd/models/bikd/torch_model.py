@@ -21,7 +21,12 @@ from typing import NamedTuple
 import torch
 from anomalib.models.components import TimmFeatureExtractor
 
-from anomalib_dhkd.components.encoders import OneClassBottleneck, PyramidDecoder, build_encoder
+from anomalib_dhkd.components.encoders import (
+    OneClassBottleneck,
+    PyramidDecoder,
+    build_encoder,
+    without_unused_blocks,
+)
 from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
 from anomalib_dhkd.models.bikd.anomaly_map import DIRECTIONS, bikd_scorer
 from anomalib_dhkd.models.network import TeacherStudentNetwork
@@ -78,7 +83,8 @@ class BikdModel(TeacherStudentNetwork):
         self.forward_student = None
         self.bottleneck = self.decoder = None
         if "forward" in self.directions:
-            self.forward_student = TimmFeatureExtractor(backbone, layers, pre_trained=False, requires_grad=True)
+            student = TimmFeatureExtractor(backbone, layers, pre_trained=False, requires_grad=True)
+            self.forward_student = without_unused_blocks(student)
         if "reverse" in self.directions:
             self.bottleneck = OneClassBottleneck(channels, strides)
             self.decoder = PyramidDecoder(channels, strides)
