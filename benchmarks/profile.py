@@ -1,12 +1,13 @@
 """Where a model's inference time goes: milliseconds per sub-module and the costliest torch operations.
 
 python -m benchmarks.profile [--models dhkd asymmetric_ts ...] [--batch-size 1] [--image-size 256] [--rounds 20]
-                             [--track pretrained] [--out results/profile]
+                             [--track pretrained] [--out results/profile] [--variants fast ...]
 
 Each model of the suite is built as the suite builds it (untrained: the time of a forward does not depend on the
 weights), put in evaluation mode and run on random images: the whole forward and its encoder alone, interleaved
 (medians over the rounds); then each sub-module of its torch model, two levels deep (forward hooks, medians); then
 the operations under ``torch.profiler``. The table goes to stdout and ``OUT/profile_<model>_b<batch>.json``.
+``--variants`` adds the models' ablation variants of those names (:mod:`benchmarks.suite.ablations`).
 """
 
 import argparse
@@ -28,8 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from anomalib_dhkd.models import OFFLINE_BACKBONE
 from anomalib_dhkd.tools.weights import install_efficientnet_lite0
+from benchmarks.suite.ablations import ABLATIONS, VARIANT_SEPARATOR, ablation_settings, variant_name
 from benchmarks.suite.models import SUITE_MODELS
-from benchmarks.suite.settings import run_settings
+from benchmarks.suite.settings import RunSettings, run_settings
 from benchmarks.suite.worker import TORCH_THREADS, build_model
 
 TOP_OPERATIONS = 12
@@ -138,17 +140,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--track", choices=["pretrained", "none"], default="pretrained")
     parser.add_argument("--out", type=Path, default=Path("results/profile"))
+    variants = sorted({variant for model in ABLATIONS.values() for variant in model})
+    parser.add_argument("--variants", nargs="+", default=[], choices=variants, help="ablation variants too")
     args = parser.parse_args(argv)
     torch.set_num_threads(TORCH_THREADS)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.models:
-        settings = run_settings(name, args.track, args.image_size, seed=0, quick=False)
+    for name, settings in configurations(args.models, args.variants, args.track, args.image_size):
         if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
             install_efficientnet_lite0()
-        result = profile_model(build_model(name, settings), args.batch_size, args.image_size, args.rounds)
+        model = build_model(name.split(VARIANT_SEPARATOR)[0], settings)
+        result = profile_model(model, args.batch_size, args.image_size, args.rounds)
         print("\n".join(report_lines(name, result)), flush=True)
         path = args.out / f"profile_{name}_b{args.batch_size}.json"
         path.write_text(json.dumps({"model": name, "batch_size": args.batch_size, **result}, indent=1) + "\n")
+
+
+def configurations(
+    models: list[str], variants: list[str], track: str, image_size: int
+) -> list[tuple[str, RunSettings]]:
+    """Each model's suite settings, then those of its chosen ablation variants that change it in ``track``."""
+    chosen = []
+    for model in models:
+        chosen.append((model, run_settings(model, track, image_size, seed=0, quick=False)))
+        for variant in (v for v in variants if v in ABLATIONS.get(model, {})):
+            settings = ablation_settings(model, variant, track, image_size, seed=0)
+            if settings is not None:
+                chosen.append((variant_name(model, variant), settings))
+    return chosen
 
 
 if __name__ == "__main__":

@@ -476,10 +476,16 @@ def test_anomalib_benchmark_config_builds_its_models(config: Path) -> None:
 def test_profile_times_every_sub_module_and_lists_operations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from benchmarks.profile import main as profile_main
 
-    profile_main(["--models", "bikd", "--image-size", "64", "--rounds", "2", "--track", "none", "--out", str(tmp_path)])
+    arguments = ["--models", "bikd", "--image-size", "64", "--rounds", "2", "--track", "none", "--out", str(tmp_path)]
+    profile_main([*arguments, "--variants", "reverse_only", "no_head"])
     result = json.loads((tmp_path / "profile_bikd_b1.json").read_text())
     assert {"teacher", "forward_student", "bottleneck", "decoder", "scorer"} <= set(result["modules_ms"])
     assert result["forward_ms"] > 0
     assert result["encoder_ms"] > 0
     assert 0 < sum(result["operations_share"].values()) <= 1
-    assert "bikd: forward" in capsys.readouterr().out
+    variant = json.loads((tmp_path / "profile_bikd+reverse_only_b1.json").read_text())
+    assert "forward_student" not in variant["modules_ms"]  # the variant's own model, without the forward branch
+    assert not (tmp_path / "profile_bikd+no_head_b1.json").exists()  # Dmdd's variant, not Bikd's
+    out = capsys.readouterr().out
+    assert "bikd: forward" in out
+    assert "bikd+reverse_only: forward" in out
