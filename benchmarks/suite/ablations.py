@@ -75,6 +75,10 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "plain_student": Ablation({"student": {"contextual": False}}, "CoT blocks against plain 3x3 blocks"),
         "bn_teacher": Ablation({"eman_momentum": 1.0}, "EMAN against the teacher's ImageNet BatchNorm statistics"),
         "student_3_blocks": Ablation({"student": {"blocks": 3}}, "three residual blocks per student scale"),
+        "nonlinear_output": Ablation(
+            {"student": {"linear_output": False}}, "the student's linear output (teacher features of both signs)"
+        ),
+        "wide_student": Ablation({"student": {"width": 64}}, "student blocks at least 64 channels wide"),
     },
     "bikd": {
         "forward_only": Ablation(

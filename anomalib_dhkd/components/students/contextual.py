@@ -170,39 +170,60 @@ class ContextualStudent(nn.Module):
     """Randomly initialised residual student that predicts the teacher's features at each of its scales.
 
     A stem of stride-2 convolutions reaches the first scale; every further scale is reached by stride-2 convolutions
-    from the previous one; each scale ends in ``blocks`` :class:`ResidualBlock` layers and outputs the teacher's
-    channels there.
+    from the previous one; each scale ends in ``blocks`` :class:`ResidualBlock` layers. With ``linear_output`` a 1x1
+    convolution then maps them to the teacher's channels without an activation, the next scale going on from the
+    blocks' output; without it the blocks' (non-negative) output is the prediction.
 
     Args:
         channels: Teacher channels at each scale, shallowest first.
         strides: Stride of each scale in pixels, powers of two, increasing.
         blocks: Residual blocks per scale.
         contextual: CoT blocks (the asymmetric student); ``False``: plain 3x3 residual blocks.
+        width: Channels of each scale's blocks, at least the teacher's there; ``None``: the teacher's.
+        linear_output: Predict through a linear 1x1 convolution; needed to match teacher features of both signs
+            (EfficientNet's blocks end without an activation). Without it ``width`` must be ``None``.
 
     Raises:
-        ValueError: If a stride is not a power of two above 1 or the strides do not increase.
+        ValueError: If a stride is not a power of two above 1 or the strides do not increase, or for a ``width``
+            without ``linear_output``.
 
     Example:
         >>> student = ContextualStudent([8, 16], strides=[4, 8])
         >>> [f.shape for f in student(torch.rand(1, 3, 32, 32))]
         [torch.Size([1, 8, 8, 8]), torch.Size([1, 16, 4, 4])]
+        >>> wide = ContextualStudent([8, 16], strides=[4, 8], width=32, linear_output=True)
+        >>> [f.shape for f in wide(torch.rand(1, 3, 32, 32))]
+        [torch.Size([1, 8, 8, 8]), torch.Size([1, 16, 4, 4])]
 
     """
 
     def __init__(
-        self, channels: Sequence[int], strides: Sequence[int], blocks: int = 1, contextual: bool = True
+        self,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        blocks: int = 1,
+        contextual: bool = True,
+        width: int | None = None,
+        linear_output: bool = False,
     ) -> None:
         super().__init__()
+        if width is not None and not linear_output:
+            msg = "A student width other than the teacher's needs linear_output, which maps it to the teacher's."
+            raise ValueError(msg)
         steps = stride_exponents(strides)
         self.stages = nn.ModuleList()
+        self.outputs = nn.ModuleList()
         previous_channels, previous_step = 3, 0
-        for stage_channels, step in zip(channels, steps, strict=True):
+        for teacher_channels, step in zip(channels, steps, strict=True):
+            stage_channels = max(teacher_channels, width or 0)
             downsampling = []
             for _ in range(step - previous_step):
                 downsampling += [*conv_norm(previous_channels, stage_channels, 3, stride=2), nn.ReLU()]
                 previous_channels = stage_channels
             residual = [ResidualBlock(stage_channels, contextual) for _ in range(blocks)]
             self.stages.append(nn.Sequential(*downsampling, *residual))
+            output = nn.Conv2d(stage_channels, teacher_channels, kernel_size=1) if linear_output else nn.Identity()
+            self.outputs.append(output)
             previous_step = step
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -216,7 +237,7 @@ class ContextualStudent(nn.Module):
 
         """
         features = []
-        for stage in self.stages:
+        for stage, output in zip(self.stages, self.outputs, strict=True):
             images = stage(images)
-            features.append(images)
+            features.append(output(images))
         return features
