@@ -128,8 +128,12 @@ def compute_line(records: list[dict[str, Any]]) -> str:
     """The machine time the records took: wall seconds where recorded, training seconds of the older records."""
     timed = [record["wall_seconds"] for record in records if record.get("wall_seconds")]
     older = [r["train_seconds"] for r in records if not r.get("wall_seconds") and r["train_seconds"]]
-    text = f"Machine time: {sum(timed) / 3600:.1f} h for the {len(timed)} runs timed in all (training, test, speed)"
-    return text + (f", and {sum(older) / 3600:.1f} h of training for {len(older)} older runs." if older else ".")
+    parts = []
+    if timed:
+        parts.append(f"{sum(timed) / 3600:.1f} h for the {len(timed)} runs timed in all (training, test, speed)")
+    if older:
+        parts.append(f"{sum(older) / 3600:.1f} h of training for {len(older)} older runs")
+    return f"Machine time: {', and '.join(parts)}." if parts else ""
 
 
 def header_lines(records: list[dict[str, Any]]) -> list[str]:
