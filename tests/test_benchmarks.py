@@ -278,6 +278,9 @@ def test_ablation_report_puts_each_variant_beside_the_full_model(tmp_path: Path)
     change = "| -20.0 / +0.0 / +0.0 | the exchange term, with the synthetic anomalies |"
     assert "| no_exchange | 0.650 ± 0.071 / 1.000 ± 0.000 / 1.000 ± 0.000 " + change in report
     assert "track none" not in report  # no variant ran there
+    suite.append(synthetic_record("bikd", "toy/cat", 2, 0.1))  # a seed the variant lacks does not enter the change
+    report = write_ablation_report(variant, suite, tmp_path / "ABLATIONS.md").read_text()
+    assert "| -20.0 / +0.0 / +0.0 |" in report
 
 
 def test_datasets_are_discovered_from_the_mvtec_layout(tmp_path: Path) -> None:
