@@ -240,8 +240,12 @@ def test_ablation_plan_runs_each_variant_where_it_changes_the_configuration() ->
     assert ("dhkd+no_global_score", "none") not in {(run_.configuration, run_.track) for run_ in runs}
     for run_ in runs:
         suite = run_settings(run_.model, run_.track, 256, 0, quick=False)
-        assert run_.settings.options != suite.options
-        assert dataclasses.replace(run_.settings, options=suite.options) == suite  # only the options change
+        assert run_.settings != suite
+        # only the options and, for a variant that says so, the layers change
+        assert dataclasses.replace(run_.settings, options=suite.options, layers=suite.layers) == suite
+    layers = {run_.configuration: run_.settings.layers for run_ in runs if run_.track == "pretrained"}
+    assert layers["dhkd+no_stride_4_pair"] == ("blocks.2", "blocks.4")
+    assert layers["dhkd+no_coherence"] == ("blocks.1", "blocks.2", "blocks.4")
     bikd = {run_.configuration for run_ in runs if run_.model == "bikd" and run_.track == "pretrained"}
     assert bikd == {f"bikd+{name}" for name in ABLATIONS["bikd"]}
     only = run.parse_args(["--ablations", "--models", "bikd", "--variants", "no_exchange", "--datasets", "bottle"])

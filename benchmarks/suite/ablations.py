@@ -33,12 +33,14 @@ class Ablation:
         question: What the variant measures, for the report.
         tracks: Tracks whose configuration makes the choice the variant undoes (a DHKD default decided by encoder
             is off without ImageNet weights already).
+        layers: Feature layers that replace the configuration's; ``None``: the configuration's.
 
     """
 
     options: dict[str, Any]
     question: str
     tracks: tuple[str, ...] = TRACKS
+    layers: tuple[str, ...] | None = None
 
 
 ABLATIONS: dict[str, dict[str, Ablation]] = {
@@ -54,6 +56,15 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             },
             "two-block teacher without the blocks.6 pair (1.6 times the images/s)",
             PRETRAINED_ONLY,
+        ),
+        "teacher_half_width": Ablation(
+            {"teacher": {"hidden_ratio": 0.5}}, "coupling sub-networks half as wide, four blocks kept (speed)"
+        ),
+        "no_stride_4_pair": Ablation(
+            {},
+            "the map's stride-4 blocks.1 pair, a third of the flows' time (speed)",
+            PRETRAINED_ONLY,
+            layers=("blocks.2", "blocks.4"),
         ),
         "no_stride_32_score": Ablation(
             {"scoring": {"score_layers": ["blocks.4"], "coherence_layers": ["blocks.4"], "coherence_weight": 0.15}},
@@ -132,8 +143,13 @@ def ablation_settings(model: str, variant: str, track: str, image_size: int, see
     if track not in ABLATIONS[model][variant].tracks:
         return None
     settings = run_settings(model, track, image_size, seed, quick=False)
-    options = merged_options(settings.options, ABLATIONS[model][variant].options)
-    return None if options == settings.options else dataclasses.replace(settings, options=options)
+    ablation = ABLATIONS[model][variant]
+    changed = dataclasses.replace(
+        settings,
+        options=merged_options(settings.options, ablation.options),
+        layers=ablation.layers or settings.layers,
+    )
+    return None if changed == settings else changed
 
 
 def relative_change(variant_runs: dict[str, list], full_runs: dict[str, list], key: str) -> str:
