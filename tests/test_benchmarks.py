@@ -385,6 +385,20 @@ def test_fx_backbone_reaches_blocks_3_and_matches_the_timm_layers_bit_for_bit() 
     assert actual["blocks.3"].shape == (2, 80, 6, 6)  # 80 channels at stride 16
 
 
+@pytest.mark.parametrize("track", ["pretrained", "none"])
+def test_stfpm_on_the_fx_backbone_trains_a_student_of_its_own(track: str) -> None:
+    settings = run_settings("stfpm_b3", track, image_size=64, seed=0, quick=True)
+    model = SUITE_MODELS["stfpm_b3"].build(settings.layers, settings.pre_trained, 1, 64, settings.options)
+    teacher, student = model.model.teacher_model, model.model.student_model
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = student(images)
+    assert features["blocks.3"].shape == (2, 80, 4, 4)  # the real blocks.3
+
+
 def test_dhkd_records_state_the_model_defaults() -> None:
     """A DHKD record names every default, settings dataclasses as JSON objects, so --resume re-runs changed ones."""
     options = run_settings("dhkd", "none", image_size=64, seed=0, quick=True).options

@@ -46,7 +46,8 @@ class SuiteModel:
         without_weights: Trains without ImageNet weights in every track (marked in the report).
         fx_backbone: Pass the backbone as an ``nn.Module`` (:func:`~benchmarks.suite.backbones.fx_backbone`), which
             reaches layers timm does not expose (``blocks.3`` of ``tf_efficientnet_lite0``).
-        prepare: Adjusts the built model to the run's settings (e.g. a peer's random teacher without weights).
+        prepare: Adjusts the built model to the run's settings (e.g. a peer's random teacher without weights); called
+            with the model, whether it has ImageNet weights and the image size.
         needs_gpu: Runs in the full suite only with ``--accelerator gpu`` (``--quick`` runs it anywhere).
         min_image_size: Smallest image size the model runs at; ``--quick`` runs it at this size if its own is smaller.
 
@@ -60,7 +61,7 @@ class SuiteModel:
     tracks: tuple[str, ...] = TRACKS
     without_weights: bool = False
     fx_backbone: bool = False
-    prepare: Callable[[AnomalibModule, bool], None] | None = None
+    prepare: Callable[[AnomalibModule, bool, int], None] | None = None
     needs_gpu: bool = False
     min_image_size: int = 0
 
@@ -100,11 +101,11 @@ class SuiteModel:
         arguments |= {name: _from_json(self.model_class, name, value) for name, value in options.items()}
         model = self.model_class(**arguments)
         if self.prepare is not None:
-            self.prepare(model, pre_trained)
+            self.prepare(model, pre_trained, image_size)
         return model
 
 
-def random_stfpm_teacher(model: AnomalibModule, pre_trained: bool) -> None:
+def random_stfpm_teacher(model: AnomalibModule, pre_trained: bool, _image_size: int) -> None:
     """Without weights, STFPM's teacher is a random frozen encoder (anomalib's STFPM always loads ImageNet weights)."""
     if pre_trained:
         return
@@ -112,6 +113,19 @@ def random_stfpm_teacher(model: AnomalibModule, pre_trained: bool) -> None:
     model.model.teacher_model = TimmFeatureExtractor(
         backbone=teacher.backbone, layers=list(teacher.layers), pre_trained=False
     ).eval()
+
+
+def own_fx_stfpm_student(model: AnomalibModule, _pre_trained: bool, image_size: int) -> None:
+    """Give STFPM on an FX backbone a student of its own, randomly initialised.
+
+    anomalib builds STFPM's teacher and student from the backbone it is given; an ``nn.Module`` backbone (the FX path
+    to ``blocks.3``) would make both extract from the same module, so that training the student moved the teacher's
+    weights too. The teacher (ImageNet or random weights, by track) is kept.
+    """
+    layers = list(model.model.teacher_model.layers)
+    student = fx_backbone(OFFLINE_BACKBONE, pre_trained=False, image_size=image_size).train()
+    student.requires_grad_(True)
+    model.model.student_model = TimmFeatureExtractor(student, layers, pre_trained=False, requires_grad=True)
 
 
 def offline_textures() -> str:
@@ -216,7 +230,13 @@ SUITE_MODELS: dict[str, SuiteModel] = {
         fx_backbone=True,
     ),
     "stfpm": SuiteModel(Stfpm, epochs=20, layers=("blocks.1", "blocks.2", "blocks.4"), prepare=random_stfpm_teacher),
+    "stfpm_b3": SuiteModel(
+        Stfpm, epochs=20, layers=("blocks.1", "blocks.2", "blocks.3"), fx_backbone=True, prepare=own_fx_stfpm_student
+    ),
     "cflow": SuiteModel(Cflow, epochs=1, layers=("blocks.1", "blocks.2", "blocks.4"), tracks=("pretrained",)),
+    "cflow_b3": SuiteModel(
+        Cflow, epochs=1, layers=("blocks.1", "blocks.2", "blocks.3"), tracks=("pretrained",), fx_backbone=True
+    ),
     "reverse_distillation": SuiteModel(
         ReverseDistillation,
         epochs=10,
