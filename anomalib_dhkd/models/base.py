@@ -610,13 +610,14 @@ class KnowledgeDistillationModule:
         """Adam over the model's :attr:`TRAINED_MODULES`, with ``learning_rate`` and weight decay 1e-5.
 
         Returns:
-            The optimiser over their parameters that require gradients (not, e.g., a flow's fixed permutations); the
-            other sub-modules (the frozen teacher) are left out.
+            The optimiser over every parameter of those modules (one that never requires a gradient, such as a flow's
+            fixed permutation, is kept, so that the optimiser state of earlier checkpoints still fits); the other
+            sub-modules (the frozen teacher) are left out.
 
         """
         modules = [getattr(self.model, name) for name in self.TRAINED_MODULES]
         modules = [module for module in modules if module is not None]  # a branch an ablation leaves out
-        parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
+        parameters = [p for module in modules for p in module.parameters()]
         return torch.optim.Adam(parameters, lr=self.learning_rate, weight_decay=1e-5)
 
     @property

@@ -16,7 +16,7 @@ import torch
 from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
-from anomalib.models.components import AnomalibModule
+from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
 
 from anomalib_dhkd.deployment.runtime import load_exported
 from anomalib_dhkd.models import MODELS
@@ -144,5 +144,10 @@ def test_optimiser_trains_exactly_the_parameters_that_require_gradients(name: st
     optimised = [p for group in model.configure_optimizers().param_groups for p in group["params"]]
     trainable = [p for p in model.model.parameters() if p.requires_grad]
     assert optimised
-    assert {id(p) for p in optimised} == {id(p) for p in trainable}  # nothing trainable left out, nothing frozen in
+    # nothing trainable left out, nothing of a frozen part in (a fixed buffer-like parameter of a trained part may be)
+    assert {id(p) for p in optimised if p.requires_grad} == {id(p) for p in trainable}
     assert len(optimised) == len({id(p) for p in optimised})  # no parameter twice
+    encoders = [m for m in model.model.modules() if isinstance(m, TimmFeatureExtractor)]
+    frozen = [m for m in encoders if not any(p.requires_grad for p in m.parameters())]
+    assert frozen  # every model of the family distils a frozen encoder
+    assert not {id(p) for m in frozen for p in m.parameters()} & {id(p) for p in optimised}
