@@ -57,6 +57,10 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             "two-block teacher without the blocks.6 pair (1.6 times the images/s)",
             PRETRAINED_ONLY,
         ),
+        "no_position_condition": Ablation(
+            {"teacher": {"condition_channels": 0}},
+            "the flows' positional conditioning (parts that shift between images, as transistor's)",
+        ),
         "teacher_half_width": Ablation(
             {"teacher": {"hidden_ratio": 0.5}}, "coupling sub-networks half as wide, four blocks kept (speed)"
         ),
