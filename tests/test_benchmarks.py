@@ -196,6 +196,21 @@ def test_a_record_without_a_newer_option_stays_current_but_another_value_does_no
     assert finished_run(tmp_path, changed, defaults) is None
 
 
+def test_the_report_leaves_out_records_measured_with_older_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.run import current_records
+
+    today = synthetic_record("bikd", "toy/cat", 0, 0.9)
+    before_a_switch = json.loads(json.dumps(today))
+    del before_a_switch["settings"]["options"]["directions"]  # the model was the same: kept
+    older_model = json.loads(json.dumps(today))
+    older_model["settings"]["options"]["exchange_weight"] = 0.25  # another model: left out
+    gone = {**json.loads(json.dumps(today)), "model": "bikd+no_such_variant"}
+    variant = {**json.loads(json.dumps(today)), "model": "bikd+no_exchange"}  # full settings, not the variant's
+    kept = current_records([today, before_a_switch, older_model, gone, variant], quick=True)
+    assert kept == [today, before_a_switch]
+    assert "3 record(s) measured with other settings than today's left out" in capsys.readouterr().out
+
+
 def test_budget_stops_before_a_new_run(tmp_path: Path) -> None:
     from benchmarks import run
 

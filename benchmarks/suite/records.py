@@ -80,8 +80,19 @@ def finished_run(
     if not path.is_file():
         return None
     earlier = json.loads(path.read_text())
-    settings = {**earlier["settings"], "options": {**(defaults or {}), **earlier["settings"]["options"]}}
-    return earlier if (earlier["status"], settings) == ("ok", record["settings"]) else None
+    current = earlier["status"] == "ok" and same_settings(earlier["settings"], record["settings"], defaults)
+    return earlier if current else None
+
+
+def same_settings(earlier: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
+    """Whether a record's ``earlier`` settings are ``settings``, options it lacks counting as in ``defaults``.
+
+    Example:
+        >>> same_settings({"seed": 0, "options": {}}, {"seed": 0, "options": {"a": 1}}, {"a": 1})
+        True
+
+    """
+    return {**earlier, "options": {**(defaults or {}), **earlier["options"]}} == settings
 
 
 def package_version(name: str) -> str | None:
