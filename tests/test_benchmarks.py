@@ -41,6 +41,7 @@ from tests.conftest import shared_category
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
 RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", "hardest_images"}
+RECORD_FIELDS |= {"wall_seconds"}
 RECORD_FIELDS |= set(MEASUREMENTS)
 SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "options"}
 SETTINGS_FIELDS |= {"batch_size", "eval_batch_size"}
@@ -91,6 +92,7 @@ def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
         assert record["images_per_second_batch1"] > 0
         assert record["images_per_second_batch16"] > 0
         assert record["train_seconds"] > 0
+        assert record["wall_seconds"] > record["train_seconds"]  # training, test and speed, in all
         assert record["peak_rss_mb"] > 100
         assert record["params_total"] >= record["params_trainable"] >= 0
         assert record["settings"]["image_size"] == max(64, SUITE_MODELS[model].min_image_size)
