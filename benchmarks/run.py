@@ -266,13 +266,14 @@ def current_records(records: list[dict[str, Any]], quick: bool) -> list[dict[str
     for record in records:
         model, _, variant = record["model"].partition(VARIANT_SEPARATOR)
         size, seed = record["settings"]["image_size"], record["settings"]["seed"]
-        settings = None
+        settings = defaults = None
         if model in SUITE_MODELS and not variant:  # layers as the run chose them (--layers)
             layers = tuple(record["settings"]["layers"])
             settings = run_settings(model, record["track"], size, seed, quick, layers)
+            defaults = settings.options
         elif variant in ABLATIONS.get(model, {}):
             settings = ablation_settings(model, variant, record["track"], size, seed)
-        defaults = run_settings(model, record["track"], size, seed, quick).options if model in SUITE_MODELS else None
+            defaults = run_settings(model, record["track"], size, seed, quick=False).options
         if settings is not None and same_settings(record["settings"], settings.to_dict(), defaults):
             kept.append(record)
     if len(kept) < len(records):
