@@ -144,10 +144,10 @@ def ablation_settings(model: str, variant: str, track: str, image_size: int, see
 
     A choice the track's preset does not make (e.g. the global score without ImageNet weights) has nothing to undo.
     """
-    if track not in ABLATIONS[model][variant].tracks:
+    ablation = ABLATIONS[model][variant]
+    if track not in ablation.tracks:
         return None
     settings = run_settings(model, track, image_size, seed, quick=False)
-    ablation = ABLATIONS[model][variant]
     changed = dataclasses.replace(
         settings,
         options=merged_options(settings.options, ablation.options),
