@@ -247,22 +247,26 @@ def test_ablation_plan_runs_each_variant_where_it_changes_the_configuration() ->
     from benchmarks import run
     from benchmarks.suite.ablations import ABLATIONS
 
-    args = run.parse_args(["--ablations", "--models", "dhkd", "bikd", "padim", "--datasets", "bottle", "--seeds", "0"])
+    models = ["dhkd", "bikd", "dmdd", "padim"]
+    args = run.parse_args(["--ablations", "--models", *models, "--datasets", "bottle", "--seeds", "0"])
     if not args.specs:
         pytest.skip("shared data not found")
     runs = run.plan(args)
-    assert {run_.model for run_ in runs} == {"dhkd", "bikd"}  # PaDiM has no ablations
+    assert {run_.model for run_ in runs} == {"dhkd", "bikd", "dmdd"}  # PaDiM has no ablations
     assert ("dhkd+no_global_score", "pretrained") in {(run_.configuration, run_.track) for run_ in runs}
     # without ImageNet weights DHKD has no global score to leave out
     assert ("dhkd+no_global_score", "none") not in {(run_.configuration, run_.track) for run_ in runs}
     for run_ in runs:
         suite = run_settings(run_.model, run_.track, 256, 0, quick=False)
         assert run_.settings != suite
-        # only the options and, for a variant that says so, the layers change
-        assert dataclasses.replace(run_.settings, options=suite.options, layers=suite.layers) == suite
+        # only the options and, for a variant that says so, the layers or the epochs change
+        unchanged = dataclasses.replace(run_.settings, options=suite.options, layers=suite.layers, epochs=suite.epochs)
+        assert unchanged == suite
     layers = {run_.configuration: run_.settings.layers for run_ in runs if run_.track == "pretrained"}
     assert layers["dhkd+no_stride_4_pair"] == ("blocks.2", "blocks.4")
     assert layers["dhkd+no_coherence"] == ("blocks.1", "blocks.2", "blocks.4")
+    epochs = {run_.configuration: run_.settings.epochs for run_ in runs if run_.track == "pretrained"}
+    assert epochs["dmdd+half_epochs"] == epochs["dmdd+no_aim"] // 2
     bikd = {run_.configuration for run_ in runs if run_.model == "bikd" and run_.track == "pretrained"}
     assert bikd == {f"bikd+{name}" for name in ABLATIONS["bikd"]}
     only = run.parse_args(["--ablations", "--models", "bikd", "--variants", "no_exchange", "--datasets", "bottle"])
