@@ -109,6 +109,10 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         ),
         "both_exchange": Ablation({"anomaly_probability": 0.0}, "both with the exchange, clean images"),
         "no_exchange": Ablation({"exchange_weight": 0.0}, "the exchange term, with the synthetic anomalies"),
+        "feature_exchange": Ablation(
+            {"exchange_weight": 0.0, "feature_exchange": True},
+            "the exchange read as the forward student's features feeding the reverse branch, no consistency term",
+        ),
     },
     "dmdd": {
         "no_ngm": Ablation({"normality_weight": 0.0}, "normality-guided mimicking"),

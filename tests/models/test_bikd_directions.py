@@ -59,3 +59,26 @@ def test_exchange_needs_both_directions() -> None:
     assert float(BikdLoss(1.0)(features, other, other).exchange) == 0  # the two students agree
     assert float(BikdLoss(1.0)(features, other, features).exchange) > 0
     assert float(BikdLoss(1.0)(features, other, None).exchange) == 0
+
+
+def test_feature_exchange_reconstructs_the_teacher_from_the_forward_student() -> None:
+    torch.manual_seed(0)
+    network = tiny_bikd(feature_exchange=True, exchange_weight=0.0, anomaly_probability=0.0).model
+    images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    teacher, forward, reverse = network.train()(images)
+    assert [r.shape for r in reverse] == [t.shape for t in teacher]
+    BikdLoss(0.0)(teacher, [f.detach() for f in forward], reverse).reverse_distillation.backward()
+    # the reverse loss reaches the forward student only through the exchange; the frozen teacher gets nothing
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in network.forward_student.parameters())
+    assert all(p.grad is None for p in network.teacher.parameters())
+    with torch.no_grad():
+        network.eval()
+        scored = network.scoring_input(images)
+        forward_eval = list(network.forward_student(images).values())
+        expected = network.reconstruct(forward_eval)
+    assert all(torch.equal(s, e) for s, e in zip(scored.student[len(forward_eval) :], expected, strict=True))
+
+
+def test_feature_exchange_needs_both_directions() -> None:
+    with pytest.raises(ValueError, match="feature_exchange needs both directions"):
+        tiny_bikd(directions=["reverse"], feature_exchange=True)

@@ -51,6 +51,8 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
             Perlin-noise textures, which need no download. Defaults to ``None``.
         directions: The branches to build and train, ``"forward"`` and/or ``"reverse"``; one alone is an ablation
             (then there is no exchange). Defaults to both.
+        feature_exchange: The reverse bottleneck embeds the forward student's features instead of the teacher's, so
+            the reverse loss trains the forward student too (needs both directions). Defaults to ``False``.
         scoring: Anomaly map and image score settings; layer names are ``forward.<layer>`` and ``reverse.<layer>``;
             ``None`` values: every scale of both directions scores, plain map. Defaults to ``ScoringConfig()``.
         learning_rate: Adam learning rate of the forward student, bottleneck and decoder. Defaults to ``1e-3``.
@@ -79,6 +81,7 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         anomaly_probability: float = 0.5,
         anomaly_source_path: str | None = None,
         directions: Sequence[str] = DIRECTIONS,
+        feature_exchange: bool = False,
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008 (frozen dataclass)
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
@@ -97,7 +100,9 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
             visualizer=visualizer,
         )
         layers = list(layers or default_layers(backbone))
-        self.model = BikdModel(backbone, layers, pre_trained, as_settings(ScoringConfig, scoring), directions)
+        self.model = BikdModel(
+            backbone, layers, pre_trained, as_settings(ScoringConfig, scoring), directions, feature_exchange
+        )
         self.loss = BikdLoss(exchange_weight)
         self.anomalies = ForegroundAnomalies(anomaly_source_path, anomaly_probability) if anomaly_probability else None
 

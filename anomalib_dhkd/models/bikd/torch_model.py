@@ -7,12 +7,15 @@ Wang, Pan, Wang; Neural Computing and Applications 36, 2024). A frozen pretraine
     images --> teacher (frozen) --> T_k
     images --> forward student (the teacher's topology, random init) --> F_k     (forward KD, as STFPM)
     T --> one-class bottleneck --> pyramid decoder --> R_k                        (backward KD, as reverse distillation)
+    feature exchange (option): F --> bottleneck --> decoder --> R                  (the reverse branch reads F)
     training: both students get the image with synthetic anomalies on the object, the targets T of the clean image
     loss: d(T, F) + (1 - cos)(T, R) + exchange_weight * d(F, R)                    (loss.py)
     map and score: DiscrepancyScorer over 1 - cos of (T, F) and (T, R), every scale (anomaly_map.py)
 
 The forward student generalises (it sees the image itself); the reverse branch cannot represent what the bottleneck
-never saw; the exchange term keeps their targets consistent.
+never saw. Two readings of the paper's reciprocal exchange: a consistency term between the directions' outputs
+(``exchange_weight``) or the forward student's features as the reverse branch's input (``feature_exchange``), so the
+reverse loss trains the forward student too and the decoder reconstructs the teacher from what the student kept.
 """
 
 from collections.abc import Sequence
@@ -52,9 +55,10 @@ class BikdModel(TeacherStudentNetwork):
         pre_trained: Load the teacher's ImageNet weights.
         scoring: Scoring settings; ``None`` values: every scale of both directions scores, plain map.
         directions: The branches to build, of ``("forward", "reverse")``; one alone is an ablation.
+        feature_exchange: The reverse bottleneck embeds the forward student's features instead of the teacher's.
 
     Raises:
-        ValueError: For no direction or an unknown one.
+        ValueError: For no direction or an unknown one, or a feature exchange without both directions.
 
     Example:
         >>> model = BikdModel("resnet18", ["layer1", "layer2"], False, ScoringConfig())
@@ -70,12 +74,17 @@ class BikdModel(TeacherStudentNetwork):
         pre_trained: bool,
         scoring: ScoringConfig,
         directions: Sequence[str] = DIRECTIONS,
+        feature_exchange: bool = False,
     ) -> None:
         super().__init__()
         if not directions or set(directions) - set(DIRECTIONS):
             msg = f"directions must be one or both of {list(DIRECTIONS)}, got {list(directions)}."
             raise ValueError(msg)
         self.directions = tuple(d for d in DIRECTIONS if d in directions)
+        if feature_exchange and self.directions != DIRECTIONS:
+            msg = f"feature_exchange needs both directions (forward feeds reverse), got {list(directions)}."
+            raise ValueError(msg)
+        self.feature_exchange = feature_exchange
         self.teacher = build_encoder(backbone, layers, pre_trained)
         layers = list(self.teacher.layers)
         channels = list(self.teacher.out_dims)
@@ -117,12 +126,28 @@ class BikdModel(TeacherStudentNetwork):
         if self.forward_student is not None:
             forward = list(self.forward_student(augmented).values())
         if self.decoder is not None:
-            reverse = self.reconstruct(teacher if augmented is images else self.teacher_features(augmented))
+            teacher_augmented = teacher if augmented is images else None
+            reverse = self.reconstruct(self.reverse_source(augmented, forward, teacher_augmented))
         return BikdTrainingOutput(teacher, forward, reverse)
 
-    def reconstruct(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Return the reverse branch's reconstruction of the teacher's scales from their bottleneck embedding."""
-        return self.decoder(self.bottleneck(teacher), sizes=[tuple(t.shape[-2:]) for t in teacher])
+    def reverse_source(
+        self,
+        images: torch.Tensor,
+        forward: list[torch.Tensor] | None,
+        teacher: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Return what the reverse bottleneck embeds.
+
+        The forward student's features with the feature exchange, else the teacher's features of ``images``
+        (``teacher``, where already computed).
+        """
+        if self.feature_exchange:
+            return forward
+        return self.teacher_features(images) if teacher is None else teacher
+
+    def reconstruct(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the reverse branch's reconstruction of the teacher's scales from the embedding of ``features``."""
+        return self.decoder(self.bottleneck(features), sizes=[tuple(f.shape[-2:]) for f in features])
 
     def scoring_input(self, images: torch.Tensor) -> ScoringInput:
         """Return the directions' features of ``images`` for the scorer.
@@ -133,9 +158,8 @@ class BikdModel(TeacherStudentNetwork):
 
         """
         teacher = self.teacher_features(images)
-        students = []
-        if self.forward_student is not None:
-            students += self.forward_student(images).values()
+        forward = None if self.forward_student is None else list(self.forward_student(images).values())
+        students = list(forward or [])
         if self.decoder is not None:
-            students += self.reconstruct(teacher)
+            students += self.reconstruct(self.reverse_source(images, forward, teacher))
         return ScoringInput(teacher * len(self.directions), students, images.shape[-2:])
