@@ -24,7 +24,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
-from benchmarks.suite.hardest import hardest_indices, outranked_by
+from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
 from benchmarks.suite.records import base_record, load_records, save_record
 from benchmarks.suite.settings import (
@@ -41,7 +41,7 @@ from tests.conftest import shared_category
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
 RECORD_FIELDS = {"model", "dataset", "track", "settings", "status", "error", "environment", "hardest_images"}
-RECORD_FIELDS |= {"wall_seconds"}
+RECORD_FIELDS |= {"wall_seconds", "defect_types"}
 RECORD_FIELDS |= set(MEASUREMENTS)
 SETTINGS_FIELDS = {"epochs", "image_size", "seed", "backbone", "layers", "pre_trained", "options"}
 SETTINGS_FIELDS |= {"batch_size", "eval_batch_size"}
@@ -93,6 +93,8 @@ def test_quick_suite_records_every_model(quick_suite: tuple[Path, str]) -> None:
         assert record["images_per_second_batch16"] > 0
         assert record["train_seconds"] > 0
         assert record["wall_seconds"] > record["train_seconds"]  # training, test and speed, in all
+        assert list(record["defect_types"]) == ["colour"]  # the toy set's one defect folder
+        assert all(0.0 <= value <= 1.0 for value in record["defect_types"]["colour"].values())
         assert record["peak_rss_mb"] > 100
         assert record["params_total"] >= record["params_trainable"] >= 0
         assert record["settings"]["image_size"] == max(64, SUITE_MODELS[model].min_image_size)
@@ -123,6 +125,11 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
     assert "CPUs (torch" in table
     hardest = [line for line in table.splitlines() if line.startswith("- ") and "(seed 0): `" in line]
     assert len(hardest) == len(MODELS)  # every configuration's hardest images are listed
+    by_type = table[table.index("By defect type") :]
+    assert "| model | colour |" in by_type
+    for model, record in read_records(out).items():
+        colour = record["defect_types"]["colour"]
+        assert f"| {model} | {colour['image_AUROC']:.3f} / {colour['pixel_AUROC']:.3f} |" in by_type
     for chart in CHARTS:
         assert_image(out / "figures" / chart)
     assert_image(out / "figures" / GALLERY, min_side=400)
@@ -130,6 +137,26 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
     for record in read_records(out).values():
         hardest = record["hardest_images"]
         assert [image["defect"] for image in hardest] == [True, True, True, False]  # 3 lowest defects, 1 top normal
+
+
+def test_defect_type_metrics_rank_each_type_against_the_normal_images() -> None:
+    normal = torch.zeros(4, 4, dtype=torch.bool)
+    blob = torch.zeros(4, 4, dtype=torch.bool)
+    blob[:2, :2] = True
+    paths = ["t/good/0.png", "t/good/1.png", "t/crack/0.png", "t/crack/1.png", "t/hole/0.png"]
+    scores = [10.0, 40.0, 50.0, 30.0, 90.0]  # crack 30 is below normal 40: 3 of 4 pairs right
+    found, missed = blob.float(), torch.zeros(4, 4)
+    maps = [torch.full((4, 4), 0.2), torch.full((4, 4), 0.2), found, missed, (~blob).float()]  # hole: wrong place
+    maps = [1e4 * anomaly_map for anomaly_map in maps]  # raw scores, far outside [0, 1]
+    masks = [normal, normal, blob, blob, blob]
+    metrics = defect_type_metrics(paths, scores, maps, masks)
+    assert list(metrics) == ["crack", "hole"]
+    assert metrics["crack"]["image_AUROC"] == 0.75
+    assert metrics["hole"]["image_AUROC"] == 1.0
+    # crack: 4 found pixels beat all 56 normal pixels, 4 missed ones tie with the 24 zeros: 272 of 8 * 56 pairs
+    assert metrics["crack"]["pixel_AUROC"] == pytest.approx(272 / 448, abs=1e-4)
+    assert metrics["hole"]["pixel_AUROC"] == 0.0
+    assert defect_type_metrics(paths[2:], scores[2:], maps[2:], masks[2:]) == {}  # no normal images to rank against
 
 
 def test_hardest_images_are_the_lowest_defects_and_the_highest_normal() -> None:

@@ -307,6 +307,42 @@ def hardest_lines(groups: dict[Group, list[dict[str, Any]]], dataset: str, track
     return ["", intro, "", *lines]
 
 
+def defect_type_cell(runs: list[dict[str, Any]], defect: str) -> str:
+    """Seed-mean image AUROC / pixel AUROC of one defect type over the runs that measured it."""
+    measured = [run["defect_types"][defect] for run in runs if defect in (run.get("defect_types") or {})]
+    if not measured:
+        return "-"
+    means = []
+    for key in ("image_AUROC", "pixel_AUROC"):
+        found = [metrics[key] for metrics in measured if metrics[key] is not None]
+        means.append(number(statistics.fmean(found)) if found else "-")
+    return " / ".join(means)
+
+
+def defect_type_lines(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str) -> list[str]:
+    """Per configuration and defect type of ``dataset``: image AUROC / pixel AUROC against the normal test images."""
+    runs_by_model = {
+        model: runs
+        for (model, run_dataset, run_track), runs in groups.items()
+        if (run_dataset, run_track) == (dataset, track) and any(run.get("defect_types") for run in runs)
+    }
+    if not runs_by_model:
+        return []
+    defects = sorted({d for runs in runs_by_model.values() for run in runs for d in run.get("defect_types") or {}})
+    lines = [
+        "",
+        "By defect type: image AUROC / pixel AUROC of each type's images against the normal test images (seed mean "
+        "over the runs that recorded it; pixel AUROC on maps reduced to 128 px).",
+        "",
+        f"| model | {' | '.join(defects)} |",
+        "|---" * (len(defects) + 1) + "|",
+    ]
+    for model in ordered(runs_by_model, MODELS):
+        cells = [defect_type_cell(runs_by_model[model], defect) for defect in defects]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    return lines
+
+
 def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     """Summary and per-dataset tables of one track, with its footnotes and failures."""
     groups = grouped(records)
@@ -314,6 +350,7 @@ def track_section(track: str, records: list[dict[str, Any]]) -> list[str]:
     for dataset in ordered(r["dataset"] for r in records):
         if any(d == dataset for _, d, _ in groups):
             lines += ["", f"### {dataset}", "", *dataset_table(groups, dataset, track)]
+            lines += defect_type_lines(groups, dataset, track)
             lines += hardest_lines(groups, dataset, track)
     lines += ["", *conditions_lines(records)]
     if any(NO_WEIGHTS_MARK in model_label(r) for r in records):

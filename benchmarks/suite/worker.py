@@ -146,6 +146,7 @@ def run_job(job: dict[str, Any], result_path: Path, maps_path: Path) -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     payload = hardest.payload(job["hardest_images"])
     result["hardest_images"] = listed(payload)
+    result["defect_types"] = hardest.defect_type_metrics()
     torch.save(payload, maps_path)
     result_path.write_text(json.dumps(result))
 
