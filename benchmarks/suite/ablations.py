@@ -45,6 +45,8 @@ class Ablation:
     epochs: int | None = None
 
 
+STANDARDIZED_MAP_QUESTION = "per-position standardised discrepancies in the map (DHKD's choice with ImageNet weights)"
+
 ABLATIONS: dict[str, dict[str, Ablation]] = {
     "dhkd": {
         "teacher_2_blocks": Ablation({"teacher": {"blocks": 2}}, "half the flow couplings: cost of a faster teacher"),
@@ -96,6 +98,9 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"student": {"linear_output": False}}, "the student's linear output (teacher features of both signs)"
         ),
         "wide_student": Ablation({"student": {"width": 64}}, "student blocks at least 64 channels wide"),
+        "standardized_map": Ablation(
+            {"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION, PRETRAINED_ONLY
+        ),
     },
     "bikd": {
         "forward_only": Ablation(
@@ -109,6 +114,9 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         ),
         "both_exchange": Ablation({"anomaly_probability": 0.0}, "both with the exchange, clean images"),
         "no_exchange": Ablation({"exchange_weight": 0.0}, "the exchange term, with the synthetic anomalies"),
+        "standardized_map": Ablation(
+            {"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION, PRETRAINED_ONLY
+        ),
         "feature_exchange": Ablation(
             {"exchange_weight": 0.0, "feature_exchange": True},
             "the exchange read as the forward student's features feeding the reverse branch, no consistency term",
