@@ -327,7 +327,7 @@ def test_ablation_report_puts_each_variant_beside_the_full_model(tmp_path: Path)
     report = write_ablation_report(variant, suite, tmp_path / "ABLATIONS.md").read_text()
     assert "### bikd, track pretrained" in report
     assert "| full model | 0.850 ± 0.071 / 1.000 ± 0.000 / 1.000 ± 0.000 | - |" in report
-    change = "| -20.0 / +0.0 / +0.0 | the exchange term, with the synthetic anomalies |"
+    change = "| -20.0 / +0.0 / +0.0 | no exchange of either kind, with the synthetic anomalies |"
     assert "| no_exchange | 0.650 ± 0.071 / 1.000 ± 0.000 / 1.000 ± 0.000 " + change in report
     assert "track none" not in report  # no variant ran there
     suite.append(synthetic_record("bikd", "toy/cat", 2, 0.1))  # a seed the variant lacks does not enter the change

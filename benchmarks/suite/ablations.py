@@ -110,16 +110,22 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"directions": ["reverse"], "anomaly_probability": 0.0}, "the reverse branch alone, clean images"
         ),
         "both": Ablation(
-            {"exchange_weight": 0.0, "anomaly_probability": 0.0}, "both directions trained apart on clean images"
+            {"feature_exchange": False, "anomaly_probability": 0.0}, "both directions trained apart on clean images"
         ),
-        "both_exchange": Ablation({"anomaly_probability": 0.0}, "both with the exchange, clean images"),
-        "no_exchange": Ablation({"exchange_weight": 0.0}, "the exchange term, with the synthetic anomalies"),
+        "both_exchange": Ablation(
+            {"feature_exchange": False, "exchange_weight": 0.5, "anomaly_probability": 0.0},
+            "both with the consistency exchange, clean images",
+        ),
+        "no_exchange": Ablation(
+            {"feature_exchange": False}, "no exchange of either kind, with the synthetic anomalies"
+        ),
+        "consistency_exchange": Ablation(
+            {"feature_exchange": False, "exchange_weight": 0.5},
+            "the exchange read as a consistency term (weight 0.5) instead of the feature exchange",
+        ),
+        "clean_images": Ablation({"anomaly_probability": 0.0}, "the synthetic anomalies (with the feature exchange)"),
         "standardized_map": Ablation(
             {"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION, PRETRAINED_ONLY
-        ),
-        "feature_exchange": Ablation(
-            {"exchange_weight": 0.0, "feature_exchange": True},
-            "the exchange read as the forward student's features feeding the reverse branch, no consistency term",
         ),
     },
     "dmdd": {

@@ -79,6 +79,8 @@ def test_feature_exchange_reconstructs_the_teacher_from_the_forward_student() ->
     assert all(torch.equal(s, e) for s, e in zip(scored.student[len(forward_eval) :], expected, strict=True))
 
 
-def test_feature_exchange_needs_both_directions() -> None:
-    with pytest.raises(ValueError, match="feature_exchange needs both directions"):
-        tiny_bikd(directions=["reverse"], feature_exchange=True)
+def test_one_direction_has_nothing_to_exchange() -> None:
+    network = tiny_bikd(directions=["reverse"], feature_exchange=True).model
+    assert not network.feature_exchange  # the reverse branch reads the teacher, as there is no forward student
+    assert tiny_bikd().model.feature_exchange  # the default with both directions
+    assert not tiny_bikd(feature_exchange=False).model.feature_exchange

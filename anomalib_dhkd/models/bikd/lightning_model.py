@@ -43,16 +43,16 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         layers: Teacher layers, one scale each; ``None``: the backbone's deepest layers at strides 4, 8 and 16.
             Defaults to ``None``.
         pre_trained: Load ImageNet weights into the teacher. Defaults to ``True``.
-        exchange_weight: Weight of the consistency between the forward student and the reverse decoder; ``0``: the
-            two directions train independently. Defaults to ``0.5``.
+        exchange_weight: Weight of a consistency term between the forward student's and the reverse decoder's
+            outputs; ``0``: none. It measured worse than the feature exchange (model README). Defaults to ``0.0``.
         anomaly_probability: Share of training images that get a synthetic anomaly on the object, which the students
             learn to undo; ``0``: none. Defaults to ``0.5``.
         anomaly_source_path: Folder of texture images for the anomalies (a DTD folder); ``None``: anomalib's
             Perlin-noise textures, which need no download. Defaults to ``None``.
         directions: The branches to build and train, ``"forward"`` and/or ``"reverse"``; one alone is an ablation
             (then there is no exchange). Defaults to both.
-        feature_exchange: The reverse bottleneck embeds the forward student's features instead of the teacher's, so
-            the reverse loss trains the forward student too (needs both directions). Defaults to ``False``.
+        feature_exchange: With both directions, the reverse bottleneck embeds the forward student's features instead
+            of the teacher's, so the reverse loss trains the forward student too. Defaults to ``True``.
         scoring: Anomaly map and image score settings; layer names are ``forward.<layer>`` and ``reverse.<layer>``;
             ``None`` values: every scale of both directions scores, plain map. Defaults to ``ScoringConfig()``.
         learning_rate: Adam learning rate of the forward student, bottleneck and decoder. Defaults to ``1e-3``.
@@ -77,11 +77,11 @@ class Bikd(KnowledgeDistillationModule, AnomalibModule):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str] | None = None,
         pre_trained: bool = True,
-        exchange_weight: float = 0.5,
+        exchange_weight: float = 0.0,
         anomaly_probability: float = 0.5,
         anomaly_source_path: str | None = None,
         directions: Sequence[str] = DIRECTIONS,
-        feature_exchange: bool = False,
+        feature_exchange: bool = True,
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008 (frozen dataclass)
         learning_rate: float = 1e-3,
         max_epochs: int = 20,

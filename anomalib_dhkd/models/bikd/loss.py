@@ -41,7 +41,7 @@ class BikdLoss(nn.Module):
 
     """
 
-    def __init__(self, exchange_weight: float = 0.5) -> None:
+    def __init__(self, exchange_weight: float = 0.0) -> None:
         super().__init__()
         if exchange_weight < 0:
             msg = f"exchange_weight must be non-negative, got {exchange_weight}."

@@ -7,15 +7,16 @@ Wang, Pan, Wang; Neural Computing and Applications 36, 2024). A frozen pretraine
     images --> teacher (frozen) --> T_k
     images --> forward student (the teacher's topology, random init) --> F_k     (forward KD, as STFPM)
     T --> one-class bottleneck --> pyramid decoder --> R_k                        (backward KD, as reverse distillation)
-    feature exchange (option): F --> bottleneck --> decoder --> R                  (the reverse branch reads F)
+    feature exchange (default): F --> bottleneck --> decoder --> R                 (the reverse branch reads F)
     training: both students get the image with synthetic anomalies on the object, the targets T of the clean image
-    loss: d(T, F) + (1 - cos)(T, R) + exchange_weight * d(F, R)                    (loss.py)
+    loss: d(T, F) + (1 - cos)(T, R) [+ exchange_weight * d(F, R), off by default]  (loss.py)
     map and score: DiscrepancyScorer over 1 - cos of (T, F) and (T, R), every scale (anomaly_map.py)
 
 The forward student generalises (it sees the image itself); the reverse branch cannot represent what the bottleneck
-never saw. Two readings of the paper's reciprocal exchange: a consistency term between the directions' outputs
-(``exchange_weight``) or the forward student's features as the reverse branch's input (``feature_exchange``), so the
-reverse loss trains the forward student too and the decoder reconstructs the teacher from what the student kept.
+never saw. Two readings of the paper's reciprocal exchange: the forward student's features as the reverse branch's
+input (``feature_exchange``, the default: the reverse loss trains the forward student too and the decoder rebuilds the
+teacher from what the student kept), or a consistency term between the directions' outputs (``exchange_weight``),
+which measured worse (model README).
 """
 
 from collections.abc import Sequence
@@ -55,10 +56,11 @@ class BikdModel(TeacherStudentNetwork):
         pre_trained: Load the teacher's ImageNet weights.
         scoring: Scoring settings; ``None`` values: every scale of both directions scores, plain map.
         directions: The branches to build, of ``("forward", "reverse")``; one alone is an ablation.
-        feature_exchange: The reverse bottleneck embeds the forward student's features instead of the teacher's.
+        feature_exchange: With both directions, the reverse bottleneck embeds the forward student's features instead
+            of the teacher's; with one direction there is nothing to exchange.
 
     Raises:
-        ValueError: For no direction or an unknown one, or a feature exchange without both directions.
+        ValueError: For no direction or an unknown one.
 
     Example:
         >>> model = BikdModel("resnet18", ["layer1", "layer2"], False, ScoringConfig())
@@ -74,17 +76,14 @@ class BikdModel(TeacherStudentNetwork):
         pre_trained: bool,
         scoring: ScoringConfig,
         directions: Sequence[str] = DIRECTIONS,
-        feature_exchange: bool = False,
+        feature_exchange: bool = True,
     ) -> None:
         super().__init__()
         if not directions or set(directions) - set(DIRECTIONS):
             msg = f"directions must be one or both of {list(DIRECTIONS)}, got {list(directions)}."
             raise ValueError(msg)
         self.directions = tuple(d for d in DIRECTIONS if d in directions)
-        if feature_exchange and self.directions != DIRECTIONS:
-            msg = f"feature_exchange needs both directions (forward feeds reverse), got {list(directions)}."
-            raise ValueError(msg)
-        self.feature_exchange = feature_exchange
+        self.feature_exchange = feature_exchange and self.directions == DIRECTIONS
         self.teacher = build_encoder(backbone, layers, pre_trained)
         layers = list(self.teacher.layers)
         channels = list(self.teacher.out_dims)
