@@ -86,6 +86,11 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "no_coherence": Ablation(
             {"scoring": {"coherence_weight": 0.0}}, "the map's discrepancy coherence", PRETRAINED_ONLY
         ),
+        "sharper_map": Ablation(
+            {"scoring": {"blur_sigma": 2.0}},
+            "half the map's smoothing (transistor's thin cut leads are DHKD's weakest defects)",
+            PRETRAINED_ONLY,
+        ),
         "no_global_score": Ablation(
             {"scoring": {"global_score": False}}, "the latent statistics in the image score", PRETRAINED_ONLY
         ),
