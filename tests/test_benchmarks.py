@@ -115,7 +115,7 @@ def test_quick_suite_writes_table_charts_and_gallery(quick_suite: tuple[Path, st
     table = (out / "RESULTS.md").read_text()
     for model in MODELS:
         rows = [line for line in table.splitlines() if line.split(" | ")[0] in {f"| {model}", f"| {model}†"}]
-        assert len(rows) == 2, model  # the summary and the dataset table
+        assert len(rows) == 3, model  # the summary, the dataset table and the defect-type table
     assert "| reverse_distillation† |" in table
     assert "s0: " in table  # per-seed values
     conditions = {line.split(": ")[0]: line for line in table.splitlines() if line.startswith("- ") and " px, " in line}
