@@ -107,7 +107,7 @@ def defect_type_metrics(
         labels = torch.tensor([0] * len(normal) + [1] * len(defects))
         image = ranked_auroc(torch.tensor([scores[i] for i in indices]), labels)
         pixel_masks = torch.stack([masks[i] for i in indices]).flatten().long()
-        pixel_maps = torch.stack([maps[i].float() for i in indices]).flatten()
+        pixel_maps = torch.stack([maps[i] for i in indices]).flatten()
         pixel = ranked_auroc(pixel_maps, pixel_masks) if pixel_masks.any() else None
         metrics[name] = {"image_AUROC": image, "pixel_AUROC": pixel}
     return metrics
@@ -148,7 +148,7 @@ class HardestImages(Callback):
     def payload(self, count: int) -> dict[str, Any]:
         """The ``count`` hardest images: paths, scores, labels, ranks, maps, masks and the value range of all maps."""
         picked = hardest_indices(self.scores, self.labels, count)
-        values = torch.stack(self.maps).float().flatten() if self.maps else torch.zeros(1)
+        values = torch.stack(self.maps).flatten() if self.maps else torch.zeros(1)
         values = values[torch.randperm(len(values))[:1_000_000]]  # torch.quantile takes at most 16M values
         low, high = torch.quantile(values, torch.tensor(RANGE_QUANTILES)).tolist()
         return {
@@ -156,7 +156,7 @@ class HardestImages(Callback):
             "scores": [self.scores[i] for i in picked],
             "labels": [self.labels[i] for i in picked],
             "outranked_by": [outranked_by(self.scores, self.labels, i) for i in picked],
-            "anomaly_maps": [self.maps[i].float() for i in picked],
+            "anomaly_maps": [self.maps[i] for i in picked],
             "masks": [self.masks[i] for i in picked],
             "map_range": (low, high),
         }
