@@ -43,6 +43,7 @@ from benchmarks.suite.records import (
     RECORDS_DIR,
     REPO_ROOT,
     base_record,
+    checkpoint_path,
     finished_run,
     load_records,
     maps_path,
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="run again even where an ok record has the settings")
     parser.add_argument("--budget-minutes", type=float, help="start no new run after this many minutes")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of every run, e.g. gpu")
+    parser.add_argument(
+        "--keep-checkpoints", type=Path, metavar="DIR", help="save each trained model under DIR (benchmarks.rescore)"
+    )
     parser.add_argument("--report-only", action="store_true", help="regenerate the report from the records")
     parser.add_argument("--ablations", action="store_true", help="run the family's ablation variants instead")
     variants = sorted({name for model in ABLATIONS.values() for name in model})
@@ -247,6 +251,8 @@ def run_suite(args: argparse.Namespace) -> None:
             "throughput_seconds": QUICK_THROUGHPUT_SECONDS if args.quick else THROUGHPUT_SECONDS,
             "accelerator": args.accelerator,
         }
+        if args.keep_checkpoints is not None:
+            job["checkpoint"] = str(checkpoint_path(args.keep_checkpoints, record))
         print(f"{prefix} ({run.settings.epochs} epochs, {run.settings.image_size} px) ...", flush=True)
         run_start = time.perf_counter()
         maps_path(args.out, record).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
+from benchmarks import rescore
 from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
 from benchmarks.suite.records import base_record, load_records, save_record
@@ -75,7 +76,7 @@ def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Output folder and stdout of one quick run of every model configuration (a few minutes on 2 cores)."""
     shared_category("hazelnut_toy", "hazelnut")
     out = tmp_path_factory.mktemp("bench")
-    return out, run_suite("--quick", "--out", str(out)).stdout
+    return out, run_suite("--quick", "--out", str(out), "--keep-checkpoints", str(out / "checkpoints")).stdout
 
 
 @pytest.mark.slow
@@ -187,6 +188,26 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(quick_suite: tuple[Path, s
     assert "[2/2] padim hazelnut_toy/hazelnut pretrained seed 0: already done, skipped" in stdout
     assert "- patchcore on hazelnut_toy/hazelnut, seed 0: `" in (out / "RESULTS.md").read_text()
     assert not (out / "maps" / "patchcore__hazelnut_toy-hazelnut__pretrained__s0.pt").exists()
+
+
+@pytest.mark.slow
+def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_variant(
+    quick_suite: tuple[Path, str], tmp_path: Path
+) -> None:
+    out, _ = quick_suite
+    checkpoint = out / "checkpoints" / "pretrained" / "hazelnut_toy-hazelnut" / "dhkd__s0.ckpt"
+    assert checkpoint.is_file()
+    lines = tmp_path / "rescore.jsonl"
+    rescore.main([str(out / "checkpoints"), "--variants", "default", "no_stride_4_pair", "--out", str(lines)])
+    rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
+    record = read_records(out)["dhkd"]
+    default = rescored["default"]
+    assert default["image_AUROC"] == pytest.approx(record["image_AUROC"], abs=1e-3)
+    # The suite's maps pass anomalib's post-processor, which clips normalised values to [0, 1]; the raw maps do not.
+    assert default["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
+    assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
+    assert list(default["pixel_AUROC_by_type"]) == ["colour"]
+    assert rescored["no_stride_4_pair"]["pixel_AUROC"] != default["pixel_AUROC"]  # one map layer fewer
 
 
 @pytest.mark.slow

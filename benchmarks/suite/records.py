@@ -45,6 +45,11 @@ def maps_path(out: Path, record: dict[str, Any]) -> Path:
     return out / MAPS_DIR / f"{model}__{slug(dataset)}__{track}__s{seed}.pt"
 
 
+def checkpoint_path(checkpoints_dir: Path, record: dict[str, Any]) -> Path:
+    """Where a run kept with ``--keep-checkpoints`` saves its trained model (for ``benchmarks.rescore``)."""
+    return record_path(checkpoints_dir, record).with_suffix(".ckpt")
+
+
 def load_records(records_dir: Path) -> list[dict[str, Any]]:
     """Every record under ``records_dir``, in a stable order (none if it does not exist)."""
     return [json.loads(path.read_text()) for path in sorted(records_dir.rglob("*.json"))]

@@ -121,6 +121,9 @@ def train_and_test(job: dict[str, Any], settings: RunSettings, hardest: HardestI
             msg = f"{type(model).__name__} trained {engine.trainer.max_epochs} epochs, budget {settings.epochs}"
             raise RuntimeError(msg)
         metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+        if job.get("checkpoint"):
+            Path(job["checkpoint"]).parent.mkdir(parents=True, exist_ok=True)
+            engine.trainer.save_checkpoint(job["checkpoint"])
         trainable = optimised_parameters(engine.trainer.optimizers)
     train_images = len(datamodule.train_data)
     return {

@@ -1,0 +1,196 @@
+"""Re-score trained DHKD models with other scoring settings, without training them again.
+
+The scoring settings (which layers form the map, per-position standardisation, smoothing, coherence, what the
+per-position discrepancy is) act on the teacher latents and student predictions only, so one trained model answers
+every scoring question: this script runs each test and training image through the network once, keeps the per-layer
+features, and fits and evaluates one :class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer` per variant on
+them. Train the models with ``python -m benchmarks.run --models dhkd --keep-checkpoints DIR``, then::
+
+    python -m benchmarks.rescore DIR --variants default standardized_map teacher_density
+
+Metrics are computed on the raw maps at 256 px (image AUROC, pixel AUROC, PRO up to FPR 0.3, pixel AUROC per defect
+type); the suite's figures pass the maps through anomalib's post-processor first, so they can differ in the third
+digit. One JSON line per (checkpoint, variant) is appended to ``--out``.
+"""
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from anomalib.data import MVTecAD
+from anomalib.metrics.aupro import _AUPRO
+from tqdm import tqdm
+
+from anomalib_dhkd.components.encoders import default_layers
+from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringConfig, ScoringInput, squared_discrepancy
+from anomalib_dhkd.components.teachers import FlowTeacherConfig
+from anomalib_dhkd.models import Dhkd
+from anomalib_dhkd.models.base import as_settings
+from anomalib_dhkd.models.dhkd.config import resolve
+from benchmarks.suite.hardest import defect_type, ranked_auroc
+from benchmarks.suite.records import slug
+from benchmarks.suite.settings import EVAL_BATCH_SIZE, dataset_name, discover_datasets
+
+PRO_FPR_LIMIT = 0.3
+TORCH_THREADS = 2
+
+
+class Cached(NamedTuple):
+    """One dataset's network outputs: scoring inputs of the training and test images, and the test labels."""
+
+    train: list[ScoringInput]
+    test: list[ScoringInput]
+    masks: torch.Tensor
+    labels: torch.Tensor
+    defect_types: list[str]
+
+
+class Variant(NamedTuple):
+    """A scoring variant: changed settings, map layers (``None``: the model's) and the per-position discrepancy."""
+
+    settings: dict[str, Any]
+    map_layers: Callable[[list[str]], list[str]] | None = None
+    discrepancy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = squared_discrepancy
+
+
+def with_teacher_density(weight: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Discrepancy plus ``weight`` x the teacher latent's mean square: the flow's own evidence (its negative
+    log-likelihood up to the log-determinant) beside the teacher-student discrepancy."""
+
+    def discrepancy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return squared_discrepancy(student, teacher) + weight * teacher.pow(2).mean(dim=1, keepdim=True)
+
+    return discrepancy
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": Variant({}),
+    "standardized_map": Variant({"standardize_map": True}),
+    "no_coherence": Variant({"coherence_weight": 0.0}),
+    "no_stride_4_pair": Variant({}, map_layers=lambda layers: layers[1:]),
+    "blur_2": Variant({"blur_sigma": 2.0}),
+    "blur_8": Variant({"blur_sigma": 8.0}),
+    "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
+    "teacher_density_0.25": Variant({}, discrepancy=with_teacher_density(0.25)),
+    "teacher_only": Variant({}, discrepancy=lambda _student, teacher: teacher.pow(2).mean(dim=1, keepdim=True)),
+}
+
+
+def load_model(checkpoint: Path) -> Dhkd:
+    """The trained model of a checkpoint, in evaluation mode."""
+    model = Dhkd.load_from_checkpoint(checkpoint, map_location="cpu")
+    return model.eval()
+
+
+@torch.no_grad()
+def cache_outputs(model: Dhkd, root: str, category: str) -> Cached:
+    """Run the training and test images through the network once."""
+    datamodule = MVTecAD(
+        root=root, category=category, train_batch_size=EVAL_BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
+    )
+    datamodule.setup()
+    transform = model.pre_processor.transform
+    train = [
+        model.model.scoring_input(transform(batch.image))
+        for batch in tqdm(datamodule.train_dataloader(), desc="training images", leave=False)
+    ]
+    test, masks, labels, types = [], [], [], []
+    for batch in tqdm(datamodule.test_dataloader(), desc="test images", leave=False):
+        images, gt_masks = transform(batch.image, batch.gt_mask)
+        test.append(model.model.scoring_input(images))
+        masks.append(gt_masks)
+        labels.append(batch.gt_label)
+        types += [defect_type(path) for path in batch.image_path]
+    return Cached(train, test, torch.cat(masks).bool(), torch.cat(labels).bool(), types)
+
+
+def variant_scorer(model: Dhkd, variant: Variant) -> DiscrepancyScorer:
+    """The model's scorer with the variant's settings, not yet fitted."""
+    hparams = model.hparams
+    layers = list(hparams["layers"] or default_layers(hparams["backbone"]))
+    teacher = as_settings(FlowTeacherConfig, hparams["teacher"])
+    _, config = resolve(hparams["pre_trained"], layers, teacher, as_settings(ScoringConfig, hparams["scoring"]))
+    config = dataclasses.replace(config, **variant.settings)
+    encoder = model.model.encoder
+    map_layers = [encoder.layers[i] for i in model.model.scorer.map_indices]
+    if variant.map_layers is not None:
+        map_layers = variant.map_layers(map_layers)
+    strides = encoder.feature_extractor.feature_info.reduction()
+    return DiscrepancyScorer(
+        list(encoder.layers), list(encoder.out_dims), strides, map_layers, config, discrepancy=variant.discrepancy
+    )
+
+
+def evaluate(scorer: DiscrepancyScorer, cached: Cached) -> dict[str, Any]:
+    """Fit the scorer on the training images' outputs and measure it on the test images'."""
+    scorer.fit(lambda: cached.train)
+    outputs = [scorer(inputs) for inputs in cached.test]
+    scores = torch.cat([o.pred_score for o in outputs])
+    maps = torch.cat([o.anomaly_map for o in outputs])[:, 0]
+    masks = cached.masks.reshape(maps.shape)
+    normalised = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-12)
+    pro = _AUPRO(fpr_limit=PRO_FPR_LIMIT)
+    pro.update(normalised, masks.long())
+    by_type = {}
+    normal = [i for i, name in enumerate(cached.defect_types) if name == "good"]
+    for name in sorted(set(cached.defect_types) - {"good"}):
+        indices = normal + [i for i, t in enumerate(cached.defect_types) if t == name]
+        if masks[indices].any():
+            by_type[name] = ranked_auroc(maps[indices].flatten(), masks[indices].flatten().long())
+    return {
+        "image_AUROC": ranked_auroc(scores, cached.labels.long()),
+        "pixel_AUROC": ranked_auroc(maps.flatten(), masks.flatten().long()),
+        "pixel_AUPRO": round(float(pro.compute()), 4),
+        "pixel_AUROC_by_type": by_type,
+    }
+
+
+def checkpoints(folder: Path, datasets: list[str] | None) -> list[tuple[Path, str]]:
+    """``(checkpoint, ROOT:CATEGORY)`` of every DHKD checkpoint under ``folder`` whose dataset is shared here."""
+    specs = {slug(dataset_name(spec)): spec for spec in discover_datasets()}
+    found = []
+    for path in sorted(folder.rglob("dhkd__s*.ckpt")):
+        spec = specs.get(path.parent.name)
+        if spec is not None and (not datasets or any(word in path.parent.name for word in datasets)):
+            found.append((path, spec))
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-score every checkpoint with every chosen variant; print and append one JSON line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, help="folder of python -m benchmarks.run --keep-checkpoints")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only datasets whose name contains NAME")
+    parser.add_argument("--out", type=Path, default=Path("results/rescore.jsonl"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(TORCH_THREADS)
+    found = checkpoints(args.checkpoints, args.datasets)
+    if not found:
+        raise SystemExit(f"no DHKD checkpoint of a shared dataset under {args.checkpoints}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for path, spec in found:
+        start = time.perf_counter()
+        model = load_model(path)
+        root, _, category = spec.rpartition(":")
+        cached = cache_outputs(model, root, category)
+        print(f"{path} ({time.perf_counter() - start:.0f} s to run the images)", flush=True)
+        for name in args.variants:
+            metrics = evaluate(variant_scorer(model, VARIANTS[name]), cached)
+            line = {"checkpoint": str(path), "dataset": dataset_name(spec), "variant": name, **metrics}
+            with args.out.open("a") as out:
+                out.write(json.dumps(line) + "\n")
+            print(
+                f"  {name:22s} {metrics['image_AUROC']:.3f} / {metrics['pixel_AUROC']:.3f} / "
+                f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
