@@ -51,10 +51,13 @@ class Cached(NamedTuple):
 
 
 class Variant(NamedTuple):
-    """A scoring variant: changed settings, map layers (``None``: the model's) and the per-position discrepancy."""
+    """A scoring variant: changed settings, map layers and the per-position discrepancy.
+
+    ``map_layers`` takes the model's map layers and every layer with a teacher-student pair; ``None``: the model's.
+    """
 
     settings: dict[str, Any]
-    map_layers: Callable[[list[str]], list[str]] | None = None
+    map_layers: Callable[[list[str], list[str]], list[str]] | None = None
     discrepancy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = squared_discrepancy
 
 
@@ -72,7 +75,8 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant({}),
     "standardized_map": Variant({"standardize_map": True}),
     "no_coherence": Variant({"coherence_weight": 0.0}),
-    "no_stride_4_pair": Variant({}, map_layers=lambda layers: layers[1:]),
+    "no_stride_4_pair": Variant({}, map_layers=lambda layers, _all: layers[1:]),
+    "score_layers_in_map": Variant({}, map_layers=lambda _layers, every_layer: every_layer),
     "blur_2": Variant({"blur_sigma": 2.0}),
     "blur_8": Variant({"blur_sigma": 8.0}),
     "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
@@ -119,7 +123,7 @@ def variant_scorer(model: Dhkd, variant: Variant) -> DiscrepancyScorer:
     encoder = model.model.encoder
     map_layers = [encoder.layers[i] for i in model.model.scorer.map_indices]
     if variant.map_layers is not None:
-        map_layers = variant.map_layers(map_layers)
+        map_layers = variant.map_layers(map_layers, list(encoder.layers))
     strides = encoder.feature_extractor.feature_info.reduction()
     return DiscrepancyScorer(
         list(encoder.layers), list(encoder.out_dims), strides, map_layers, config, discrepancy=variant.discrepancy
