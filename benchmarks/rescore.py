@@ -10,7 +10,8 @@ them. Train the models with ``python -m benchmarks.run --models dhkd --keep-chec
 
 Metrics are computed on the raw maps at 256 px (image AUROC, pixel AUROC, PRO up to FPR 0.3, pixel AUROC per defect
 type); the suite's figures pass the maps through anomalib's post-processor first, so they can differ in the third
-digit. One JSON line per (checkpoint, variant) is appended to ``--out``.
+digit. One JSON line per (checkpoint, variant) is appended to ``--out``; a checkpoint whose chosen variants are all
+there already is skipped, so an interrupted run resumes.
 """
 
 import argparse
@@ -27,7 +28,13 @@ from anomalib.metrics.aupro import _AUPRO
 from tqdm import tqdm
 
 from anomalib_dhkd.components.encoders import default_layers
-from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringConfig, ScoringInput, squared_discrepancy
+from anomalib_dhkd.components.scoring import (
+    DiscrepancyScorer,
+    ScoringConfig,
+    ScoringInput,
+    normalized_discrepancy,
+    squared_discrepancy,
+)
 from anomalib_dhkd.components.teachers import FlowTeacherConfig
 from anomalib_dhkd.models import Dhkd
 from anomalib_dhkd.models.base import as_settings
@@ -37,7 +44,7 @@ from benchmarks.suite.records import slug
 from benchmarks.suite.settings import EVAL_BATCH_SIZE, dataset_name, discover_datasets
 
 PRO_FPR_LIMIT = 0.3
-TORCH_THREADS = 2
+TORCH_THREADS = 2  # as the suite measures
 
 
 class Cached(NamedTuple):
@@ -77,6 +84,10 @@ VARIANTS: dict[str, Variant] = {
     "no_coherence": Variant({"coherence_weight": 0.0}),
     "no_stride_4_pair": Variant({}, map_layers=lambda layers, _all: layers[1:]),
     "score_layers_in_map": Variant({}, map_layers=lambda _layers, every_layer: every_layer),
+    "deepest_layer_twice": Variant({}, map_layers=lambda layers, _all: [*layers, layers[-1]]),
+    "cosine_discrepancy": Variant({}, discrepancy=normalized_discrepancy),
+    "no_global_score": Variant({"global_score": False}),
+    "score_fraction_0.05": Variant({"score_fraction": 0.05}),
     "blur_2": Variant({"blur_sigma": 2.0}),
     "blur_8": Variant({"blur_sigma": 8.0}),
     "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
@@ -165,6 +176,45 @@ def checkpoints(folder: Path, datasets: list[str] | None) -> list[tuple[Path, st
     return found
 
 
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines written so far (none if the file does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def summary(lines: list[dict[str, Any]]) -> str:
+    """Markdown table: per variant and dataset the seed means, and the mean change from ``default`` in points.
+
+    A checkpoint's last line per variant counts (a rerun replaces earlier lines).
+    """
+    latest = {(line["checkpoint"], line["variant"]): line for line in lines}
+    datasets = sorted({line["dataset"] for line in latest.values()})
+    variants = list(dict.fromkeys(line["variant"] for line in latest.values()))
+    metrics = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+
+    def mean(variant: str, dataset: str) -> list[float] | None:
+        rows = [v for (_, name), v in latest.items() if name == variant and v["dataset"] == dataset]
+        return [sum(row[m] for row in rows) / len(rows) for m in metrics] if rows else None
+
+    header = [
+        "variant",
+        *[f"{d} ({sum(1 for (_, n), v in latest.items() if n == 'default' and v['dataset'] == d)})" for d in datasets],
+        "mean change from default (points)",
+    ]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        cells, changes = [], []
+        for dataset in datasets:
+            values, base = mean(variant, dataset), mean("default", dataset)
+            cells.append(" / ".join(f"{v:.3f}" for v in values) if values else "")
+            if values and base:
+                changes.append([100 * (v - b) for v, b in zip(values, base, strict=True)])
+        change = [sum(c[i] for c in changes) / len(changes) for i in range(3)] if changes else None
+        table.append(
+            f"| {variant} | {' | '.join(cells)} | {' / '.join(f'{c:+.1f}' for c in change) if change else ''} |"
+        )
+    return "\n".join(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Re-score every checkpoint with every chosen variant; print and append one JSON line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -172,19 +222,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only datasets whose name contains NAME")
     parser.add_argument("--out", type=Path, default=Path("results/rescore.jsonl"))
+    parser.add_argument("--summary-only", action="store_true", help="only summarise the lines already in --out")
     args = parser.parse_args(argv)
+    if args.summary_only:
+        print(summary(read_lines(args.out)))
+        return
     torch.set_num_threads(TORCH_THREADS)
     found = checkpoints(args.checkpoints, args.datasets)
     if not found:
         raise SystemExit(f"no DHKD checkpoint of a shared dataset under {args.checkpoints}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(line["checkpoint"], line["variant"]) for line in read_lines(args.out)}
     for path, spec in found:
+        variants = [name for name in args.variants if (str(path), name) not in done]
+        if not variants:
+            print(f"{path}: every variant already scored in {args.out}, skipped", flush=True)
+            continue
         start = time.perf_counter()
         model = load_model(path)
         root, _, category = spec.rpartition(":")
         cached = cache_outputs(model, root, category)
         print(f"{path} ({time.perf_counter() - start:.0f} s to run the images)", flush=True)
-        for name in args.variants:
+        for name in variants:
             metrics = evaluate(variant_scorer(model, VARIANTS[name]), cached)
             line = {"checkpoint": str(path), "dataset": dataset_name(spec), "variant": name, **metrics}
             with args.out.open("a") as out:
@@ -194,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
                 flush=True,
             )
+    print(summary(read_lines(args.out)))
 
 
 if __name__ == "__main__":
