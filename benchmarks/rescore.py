@@ -86,6 +86,7 @@ VARIANTS: dict[str, Variant] = {
     "score_layers_in_map": Variant({}, map_layers=lambda _layers, every_layer: every_layer),
     "deepest_layer_twice": Variant({}, map_layers=lambda layers, _all: [*layers, layers[-1]]),
     "cosine_discrepancy": Variant({}, discrepancy=normalized_discrepancy),
+    "scale_map_layers": Variant({"scale_map_layers": True}),
     "no_global_score": Variant({"global_score": False}),
     "score_fraction_0.05": Variant({"score_fraction": 0.05}),
     "blur_2": Variant({"blur_sigma": 2.0}),

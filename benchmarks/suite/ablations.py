@@ -91,6 +91,11 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             "half the map's smoothing (transistor's thin cut leads are DHKD's weakest defects)",
             PRETRAINED_ONLY,
         ),
+        "scaled_map_layers": Ablation(
+            {"scoring": {"scale_map_layers": True}},
+            "map layers weighted by their spread on normal images (thin leads vary at stride 4 on normal transistors)",
+            PRETRAINED_ONLY,
+        ),
         "no_global_score": Ablation(
             {"scoring": {"global_score": False}}, "the latent statistics in the image score", PRETRAINED_ONLY
         ),

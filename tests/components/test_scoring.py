@@ -271,6 +271,41 @@ def test_scores_are_standardised_per_position_once_statistics_are_fitted(standar
         scorer.fit(list)
 
 
+def test_overall_std_is_the_spread_of_the_fitted_maps_over_positions_and_images() -> None:
+    torch.manual_seed(0)
+    scale = torch.linspace(0.5, 4.0, 16).view(1, 1, 4, 4)
+    normal = 3 * scale + scale * torch.randn(400, 1, 4, 4)  # positions differ in mean and spread
+    standardizer = PositionStandardizer()
+    standardizer.fit(map_moments(normal))
+    assert standardizer.overall_std().item() == pytest.approx(normal.std().item(), rel=0.01)
+
+
+def with_layer_scaled(inputs: ScoringInput, layer: int, factor: float) -> ScoringInput:
+    """The inputs with one layer's teacher and student features multiplied by ``factor`` (its ``d_k`` by its square)."""
+    teacher, student = list(inputs.teacher), list(inputs.student)
+    teacher[layer], student[layer] = factor * teacher[layer], factor * student[layer]
+    return ScoringInput(teacher, student, inputs.image_size)
+
+
+@pytest.mark.parametrize("scale_map_layers", [False, True])
+def test_scaled_map_layers_weigh_each_layer_by_its_spread_on_normal_images(scale_map_layers: bool) -> None:
+    """With ``scale_map_layers`` a layer's raw scale no longer decides its weight in the map; the score is unchanged."""
+    torch.manual_seed(0)
+    normal, probe = [scoring_input(4), scoring_input(3)], scoring_input(2)
+    maps, scores = [], []
+    for factor in (1.0, 10.0):
+        scorer = tiny_scorer(standardize_map=False, score_layers=["blocks.4"], scale_map_layers=scale_map_layers)
+        scorer.fit(lambda factor=factor: [with_layer_scaled(batch, 0, factor) for batch in normal])
+        output = scorer(with_layer_scaled(probe, 0, factor))
+        maps.append(output.anomaly_map)
+        scores.append(output.pred_score)
+    torch.testing.assert_close(scores[0], scores[1])  # the score layer is not scaled
+    if scale_map_layers:
+        torch.testing.assert_close(maps[1], maps[0], rtol=1e-4, atol=1e-6)
+    else:
+        assert not torch.allclose(maps[1], maps[0], rtol=1e-2)
+
+
 def test_score_of_a_standardised_map_on_its_own_layers_is_taken_from_the_map() -> None:
     """Without ImageNet weights (the default there) the map and the score use the same standardised scales."""
     torch.manual_seed(0)

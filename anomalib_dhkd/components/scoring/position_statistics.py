@@ -98,6 +98,21 @@ class PositionStandardizer(DynamicBufferMixin, nn.Module):
         self.mean = mean.unsqueeze(0).to(self.mean)
         self.std = std.unsqueeze(0).to(self.std)
 
+    def overall_std(self) -> torch.Tensor:
+        """Return the standard deviation of the fitted maps over all positions and images (total variance).
+
+        Returns:
+            A scalar tensor: ``sqrt(mean_p std(p)^2 + var_p mean(p))``.
+
+        Example:
+            >>> standardizer = PositionStandardizer()
+            >>> standardizer.fit(map_moments(torch.tensor([[[[0.0, 2.0]]], [[[2.0, 4.0]]]])))
+            >>> round(standardizer.overall_std().item(), 3)
+            1.732
+
+        """
+        return (self.std.pow(2).mean() + self.mean.var(correction=0)).sqrt()
+
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """Standardise maps per position; the statistics are resized to the maps' size if it differs.
 

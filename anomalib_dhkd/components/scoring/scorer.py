@@ -56,6 +56,9 @@ class ScoringConfig:
         score_blur_sigma: Smoothing of the map the image score is taken from; ``None``: ``blur_sigma``.
         score_fraction: The image score is the mean of this share of the score map's highest values.
         standardize_map: Fuse per-position standardised discrepancies into the map instead of raw ones.
+        scale_map_layers: Divide each map layer's raw discrepancy by its spread over the normal training images
+            before fusing (no effect with ``standardize_map``), so a layer whose normal images already vary much
+            weighs less in the map.
         global_score: Add the score layers' teacher-latent channel statistics (a Gaussian distance to those of
             normal images) to the image score, each source calibrated on the training images.
         coherence_layers: Layers whose discrepancy coherence is added to the map; ``None``: the deepest map layer.
@@ -71,6 +74,7 @@ class ScoringConfig:
     score_blur_sigma: float | None = None
     score_fraction: float = 0.01
     standardize_map: bool | None = None
+    scale_map_layers: bool = False
     global_score: bool | None = None
     coherence_layers: Sequence[str] | None = None
     coherence_weight: float | Sequence[float] | None = None
@@ -129,10 +133,11 @@ class DiscrepancyScorer(nn.Module):
     """Anomaly map and image score from per-layer teacher-student features.
 
     ``d_k = discrepancy(S_k, T_k)`` per layer, ``z_k = (d_k - mean_k(p)) / std_k(p)`` with statistics of normal
-    images. The anomaly map is the smoothed mean of ``d_k`` (or ``z_k`` with ``standardize_map``) over the map
-    layers plus the scaled coherence of ``S_k - T_k`` over the coherence layers (:class:`MapCoherence`). The local
-    score is the top ``score_fraction`` mean of the smoothed mean of ``z_k`` over the score layers; with
-    ``global_score`` the calibrated Gaussian distances of the score layers' teacher channel statistics are added to
+    images. The anomaly map is the smoothed mean of ``d_k`` (or ``z_k`` with ``standardize_map``, or ``d_k / s_k``
+    with ``scale_map_layers``, ``s_k`` the spread of ``d_k`` over the normal images) over the map layers plus the
+    scaled coherence of ``S_k - T_k`` over the coherence layers (:class:`MapCoherence`). The local score is the top
+    ``score_fraction`` mean of the smoothed mean of ``z_k`` over the score layers; with ``global_score`` the
+    calibrated Gaussian distances of the score layers' teacher channel statistics are added to
     it (:class:`ImageScoreFusion`).
 
     Args:
@@ -178,6 +183,7 @@ class DiscrepancyScorer(nn.Module):
         coherence_layers = list(config.coherence_layers or [layers[deepest_map_index]])
         self.coherence_indices = _indices(layers, coherence_layers, "coherence_layers")
         self.standardize_map = config.standardize_map
+        self.scale_map_layers = config.scale_map_layers
         self.discrepancy = discrepancy
         self.position_statistics = nn.ModuleList(PositionStandardizer() for _ in layers)
         self.map_fusion = MapFusion(config.blur_sigma, config.score_fraction, config.score_blur_sigma)
@@ -282,7 +288,9 @@ class DiscrepancyScorer(nn.Module):
         coherence = self._coherence(inputs) if self.map_coherence is not None and add_coherence else None
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
         standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
-        map_source = standardised if self.standardize_map else discrepancies
+        map_source = standardised if self.standardize_map else dict(enumerate(discrepancies))
+        if self.scale_map_layers and not self.standardize_map:
+            map_source = {i: map_source[i] / self.position_statistics[i].overall_std() for i in self.map_indices}
         score_is_map = self.standardize_map and self.score_indices == self.map_indices
         anomaly_map, local_score = self.map_fusion(
             [map_source[i] for i in self.map_indices],
