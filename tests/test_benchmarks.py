@@ -247,6 +247,21 @@ def test_a_record_without_a_newer_option_stays_current_but_another_value_does_no
     assert finished_run(tmp_path, changed, defaults) is None
 
 
+def test_a_setting_added_to_a_group_at_its_default_keeps_older_records_current(tmp_path: Path) -> None:
+    from benchmarks.suite.records import finished_run
+
+    current = synthetic_record("dhkd", "toy/cat", 0, 0.9)
+    current["settings"]["options"]["scoring"] = {"blur_sigma": 4.0, "scale_map_layers": False}
+    older = json.loads(json.dumps(current))
+    del older["settings"]["options"]["scoring"]["scale_map_layers"]  # measured before the setting existed
+    save_record(tmp_path, older)
+    defaults = current["settings"]["options"]
+    assert finished_run(tmp_path, current, defaults) is not None
+    switched_on = json.loads(json.dumps(current))
+    switched_on["settings"]["options"]["scoring"]["scale_map_layers"] = True
+    assert finished_run(tmp_path, switched_on, defaults) is None
+
+
 def test_the_report_leaves_out_records_measured_with_older_settings(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.run import current_records
 

@@ -89,15 +89,33 @@ def finished_run(
     return earlier if current else None
 
 
+def with_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed by ``defaults``, in nested settings groups too (``{"scoring": {...}}``).
+
+    Example:
+        >>> with_defaults({"scoring": {"a": 2}}, {"scoring": {"a": 1, "b": False}, "c": 3})
+        {'scoring': {'a': 2, 'b': False}, 'c': 3}
+
+    """
+    completed = {**defaults, **options}
+    for name, default in defaults.items():
+        if isinstance(default, dict) and isinstance(options.get(name), dict):
+            completed[name] = with_defaults(options[name], default)
+    return completed
+
+
 def same_settings(earlier: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
     """Whether a record's ``earlier`` settings are ``settings``, options it lacks counting as in ``defaults``.
+
+    An option added to a settings group after the record was made (a new scoring setting at its default) counts as
+    measured at its default.
 
     Example:
         >>> same_settings({"seed": 0, "options": {}}, {"seed": 0, "options": {"a": 1}}, {"a": 1})
         True
 
     """
-    return {**earlier, "options": {**(defaults or {}), **earlier["options"]}} == settings
+    return {**earlier, "options": with_defaults(earlier["options"], defaults or {})} == settings
 
 
 def package_version(name: str) -> str | None:
