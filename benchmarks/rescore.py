@@ -39,7 +39,7 @@ from anomalib_dhkd.components.teachers import FlowTeacherConfig
 from anomalib_dhkd.models import Dhkd
 from anomalib_dhkd.models.base import as_settings
 from anomalib_dhkd.models.dhkd.config import resolve
-from benchmarks.suite.hardest import defect_type, ranked_auroc
+from benchmarks.suite.hardest import defect_type_metrics, ranked_auroc
 from benchmarks.suite.records import slug
 from benchmarks.suite.settings import EVAL_BATCH_SIZE, dataset_name, discover_datasets
 
@@ -54,7 +54,7 @@ class Cached(NamedTuple):
     test: list[ScoringInput]
     masks: torch.Tensor
     labels: torch.Tensor
-    defect_types: list[str]
+    paths: list[str]
 
 
 class Variant(NamedTuple):
@@ -115,14 +115,14 @@ def cache_outputs(model: Dhkd, root: str, category: str) -> Cached:
         model.model.scoring_input(transform(batch.image))
         for batch in tqdm(datamodule.train_dataloader(), desc="training images", leave=False)
     ]
-    test, masks, labels, types = [], [], [], []
+    test, masks, labels, paths = [], [], [], []
     for batch in tqdm(datamodule.test_dataloader(), desc="test images", leave=False):
         images, gt_masks = transform(batch.image, batch.gt_mask)
         test.append(model.model.scoring_input(images))
         masks.append(gt_masks)
         labels.append(batch.gt_label)
-        types += [defect_type(path) for path in batch.image_path]
-    return Cached(train, test, torch.cat(masks).bool(), torch.cat(labels).bool(), types)
+        paths += list(batch.image_path)
+    return Cached(train, test, torch.cat(masks).bool(), torch.cat(labels).bool(), paths)
 
 
 def variant_scorer(model: Dhkd, variant: Variant) -> DiscrepancyScorer:
@@ -152,17 +152,12 @@ def evaluate(scorer: DiscrepancyScorer, cached: Cached) -> dict[str, Any]:
     normalised = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-12)
     pro = _AUPRO(fpr_limit=PRO_FPR_LIMIT)
     pro.update(normalised, masks.long())
-    by_type = {}
-    normal = [i for i, name in enumerate(cached.defect_types) if name == "good"]
-    for name in sorted(set(cached.defect_types) - {"good"}):
-        indices = normal + [i for i, t in enumerate(cached.defect_types) if t == name]
-        if masks[indices].any():
-            by_type[name] = ranked_auroc(maps[indices].flatten(), masks[indices].flatten().long())
+    by_type = defect_type_metrics(cached.paths, scores.tolist(), list(maps), list(masks))
     return {
         "image_AUROC": ranked_auroc(scores, cached.labels.long()),
         "pixel_AUROC": ranked_auroc(maps.flatten(), masks.flatten().long()),
         "pixel_AUPRO": round(float(pro.compute()), 4),
-        "pixel_AUROC_by_type": by_type,
+        "pixel_AUROC_by_type": {name: m["pixel_AUROC"] for name, m in by_type.items() if m["pixel_AUROC"] is not None},
     }
 
 
