@@ -1,5 +1,7 @@
 """Normalizing-flow teachers: invertibility, soft clamping, likelihood and settings."""
 
+import copy
+
 import pytest
 import torch
 
@@ -41,3 +43,41 @@ def test_flow_nll_is_lower_for_in_distribution_latents() -> None:
 def test_flow_rejects_bad_condition_channels() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         ConvFlow(4, condition_channels=6)
+
+
+def _randomised_flow(channels: int, condition_channels: int, seed: int = 0) -> ConvFlow:
+    torch.manual_seed(seed)
+    flow = ConvFlow(channels, num_blocks=3, condition_channels=condition_channels)
+    for parameter in flow.parameters():
+        if parameter.requires_grad:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return flow.eval()
+
+
+@pytest.mark.parametrize(("channels", "condition_channels"), [(6, 0), (7, 8), (24, 24)])
+def test_flow_inference_path_matches_freia(channels: int, condition_channels: int) -> None:
+    flow = _randomised_flow(channels, condition_channels)
+    features = torch.randn(2, channels, 9, 6)
+    reference = flow(features)  # gradients enabled: FrEIA's own forward
+    with torch.no_grad():
+        fast = flow(features)
+    with torch.inference_mode():
+        fast_again = flow(features)  # the cached constants
+    for result in (fast, fast_again):
+        torch.testing.assert_close(result[0], reference[0].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result[1], reference[1].detach(), atol=1e-4, rtol=1e-5)
+
+
+def test_flow_inference_constants_follow_weights_and_size() -> None:
+    flow = _randomised_flow(6, 8)
+    with torch.inference_mode():
+        flow(torch.randn(1, 6, 5, 5))  # constants for 5 x 5 and the first weights
+    with torch.no_grad():
+        flow.flow.module_list[0].subnet[0].weight.add_(0.5)  # an optimiser step changes them in place
+    flow.load_state_dict(_randomised_flow(6, 8, seed=1).state_dict())  # and so does loading a checkpoint
+    features = torch.randn(2, 6, 4, 7)  # another size
+    reference = flow(features)[0].detach()
+    with torch.no_grad():
+        torch.testing.assert_close(flow(features)[0], reference, atol=1e-5, rtol=1e-5)
+        copied = copy.deepcopy(flow)  # pickled without the constants, which it rebuilds
+        torch.testing.assert_close(copied(features)[0], reference, atol=1e-5, rtol=1e-5)

@@ -9,15 +9,22 @@ The couplings use soft clamping of the log-scale (``clamp * tanh(s)``), a learne
 scaling and a fixed random channel permutation, so the log-determinant is a sum of bounded terms and stays finite.
 Optionally every coupling is conditioned on a 2-D sinusoidal positional encoding of the feature map (as in CFLOW),
 which lets the density depend on where in the image a feature occurs.
+
+At inference (evaluation mode, no gradients, eager) the couplings run on a fast path with the same result up to
+float rounding (:class:`CouplingConstants`): the positional encoding is the same for every image, so its share of
+each sub-network's first convolution is computed once per feature-map size, and the fixed permutation is an index
+instead of a 1x1 convolution.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from FrEIA.framework import SequenceINN
 from FrEIA.modules import AllInOneBlock
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,64 @@ class _GlobalScaleActivation(nn.Module):
         return 0.1 * nn.functional.softplus(scale, beta=0.5)
 
 
+class CouplingConstants(NamedTuple):
+    """What one coupling's inference needs that does not depend on the image, for one feature-map size.
+
+    The first convolution of a conditioned sub-network acts on ``[x1, encoding]``; being linear and zero-padded per
+    channel, it splits into ``conv(x1, W_x) + (conv(encoding, W_e) + b)``, and the bracket is a constant map.
+    """
+
+    feature_weight: torch.Tensor  # W_x, the weights acting on the coupling's passive half
+    condition_bias: torch.Tensor  # conv(encoding, W_e) + b, (1, hidden, H, W); the bias alone without encoding
+    permutation: torch.Tensor  # output channel i is input channel permutation[i]
+
+
+def coupling_constants(block: AllInOneBlock, condition: torch.Tensor | None) -> CouplingConstants:
+    """Return ``block``'s image-independent inference constants for the positional encoding ``condition``.
+
+    Args:
+        block: A coupling of :class:`ConvFlow`.
+        condition: The positional encoding ``(1, C_e, H, W)`` it is conditioned on; ``None`` if unconditioned.
+
+    Returns:
+        The constants :meth:`ConvFlow.forward` uses at inference.
+
+    """
+    first_conv = block.subnet[0]
+    passive_channels = block.splits[0]
+    weight = first_conv.weight[:, :passive_channels].contiguous(memory_format=torch.channels_last)
+    if condition is None:
+        condition_bias = first_conv.bias.view(1, -1, 1, 1)
+    else:
+        condition_bias = F.conv2d(condition, first_conv.weight[:, passive_channels:], first_conv.bias, padding=1)
+    return CouplingConstants(weight, condition_bias, block.w_perm.flatten(1).argmax(1))
+
+
+def coupling_inference(
+    block: AllInOneBlock, features: torch.Tensor, constants: CouplingConstants
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FrEIA's ``AllInOneBlock`` forward (affine coupling, global affine, hard permutation) with its constants.
+
+    Args:
+        block: A coupling of :class:`ConvFlow`.
+        features: Its input ``(N, C, H, W)``.
+        constants: Its :func:`coupling_constants` for this feature-map size.
+
+    Returns:
+        Its output and log-determinant ``(N,)``, as ``block`` gives them up to float rounding.
+
+    """
+    passive, active = torch.split(features, block.splits, dim=1)
+    hidden = F.conv2d(passive, constants.feature_weight, padding=1).add_(constants.condition_bias).relu_()
+    coefficients = 0.1 * block.subnet[2](hidden)
+    log_scale = block.clamp * torch.tanh(coefficients[:, : active.shape[1]])
+    active = active * torch.exp(log_scale) + coefficients[:, active.shape[1] :]
+    scale = block.global_scale_activation(block.global_scale)
+    output = (torch.cat((passive, active), dim=1) * scale + block.global_offset)[:, constants.permutation]
+    log_det = log_scale.sum(dim=(1, 2, 3)) + features[0, 0].numel() * torch.log(scale).sum()
+    return output, log_det
+
+
 class ConvFlow(nn.Module):
     """Invertible map from a feature map to a latent of the same shape with a standard-normal prior.
 
@@ -120,6 +185,13 @@ class ConvFlow(nn.Module):
                 **condition,
             )
             self.flow.module_list[-1].global_scale_activation = _GlobalScaleActivation()
+        self._inference_constants: tuple[tuple, list[CouplingConstants]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (``torch.save(model)``, deep copies) without the inference constants; they are rebuilt."""
+        state = super().__getstate__()
+        state["_inference_constants"] = None
+        return state
 
     def _conditions(self, features: torch.Tensor) -> list[torch.Tensor]:
         if not self.condition_channels:
@@ -137,11 +209,30 @@ class ConvFlow(nn.Module):
             features: Features ``(N, C, H, W)``.
 
         Returns:
-            The latent, the shape of ``features``, and the log-determinant ``(N,)``.
+            The latent, the shape of ``features``, and the log-determinant ``(N,)``. In evaluation mode without
+            gradients, from the fast path (module docstring).
 
         """
-        latent, log_det = self.flow(features, c=self._conditions(features))
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            latent, log_det = self.flow(features, c=self._conditions(features))
+            return latent, log_det
+        latent, log_det = features, features.new_zeros(features.shape[0])
+        for block, constants in zip(self.flow.module_list, self._constants_for(features), strict=True):
+            latent, block_log_det = coupling_inference(block, latent, constants)
+            log_det = log_det + block_log_det
         return latent, log_det
+
+    def _constants_for(self, features: torch.Tensor) -> list[CouplingConstants]:
+        """Each coupling's inference constants for this feature-map size, rebuilt when the weights change."""
+        cached = [p for block in self.flow.module_list for p in (*block.subnet[0].parameters(), block.w_perm)]
+        versions = tuple((p.data_ptr(), p._version) for p in cached)  # a new tensor or an in-place update
+        key = (tuple(features.shape[-2:]), features.dtype, features.device, versions)
+        if self._inference_constants is None or self._inference_constants[0] != key:
+            conditions = self._conditions(features[:1])
+            condition = conditions[0] if conditions else None
+            constants = [coupling_constants(block, condition) for block in self.flow.module_list]
+            self._inference_constants = (key, constants)
+        return self._inference_constants[1]
 
     def inverse(self, latent: torch.Tensor) -> torch.Tensor:
         """Map a latent back to feature space.
