@@ -18,6 +18,25 @@ from torch import nn
 from anomalib_dhkd.components.scoring import DiscrepancyScorer, ScoringInput
 
 
+def use_channels_last(network: nn.Module) -> nn.Module:
+    """Store ``network``'s convolution weights channels-last (NHWC), in place, and return it.
+
+    Every convolution with channels-last weights gives channels-last activations, and oneDNN (CPU) and cuDNN (GPU)
+    run that layout faster. Measured on 2 CPU cores, 256 px, same outputs to float rounding: DHKD 6 to 20 % faster
+    training steps and 19 to 25 % faster inference; the frozen ``tf_efficientnet_lite0`` encoder alone 1.8 times as
+    fast at batch 8; Dmdd's training step 1.7 times and AsymmetricTs' 1.7 times as fast (docs/experiments.md).
+    Code that flattens features with ``view`` needs ``contiguous()`` first.
+
+    Args:
+        network: A model of the family, at the end of its constructor.
+
+    Returns:
+        ``network``.
+
+    """
+    return network.to(memory_format=torch.channels_last)
+
+
 class TeacherStudentNetwork(nn.Module):
     """A teacher-student network scored by a :class:`~anomalib_dhkd.components.scoring.DiscrepancyScorer`.
 

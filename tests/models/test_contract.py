@@ -151,3 +151,13 @@ def test_optimiser_trains_exactly_the_parameters_that_require_gradients(name: st
     frozen = [m for m in encoders if not any(p.requires_grad for p in m.parameters())]
     assert frozen  # every model of the family distils a frozen encoder
     assert not {id(p) for m in frozen for p in m.parameters()} & {id(p) for p in optimised}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_convolutions_run_channels_last(name: str) -> None:
+    model = FAMILY[name].build()
+    convolutions = [m for m in model.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.dim() == 4]
+    assert convolutions
+    # oneDNN and cuDNN run NHWC faster; a single 1x1-spatial kernel is both layouts at once
+    slow = [m for m in convolutions if not m.weight.is_contiguous(memory_format=torch.channels_last)]
+    assert not slow, f"{len(slow)} convolutions keep NCHW weights, e.g. {slow[0]}"

@@ -25,7 +25,7 @@ from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
 from anomalib_dhkd.components.students import ContextualStudent
 from anomalib_dhkd.components.teachers import EmaNormalizedEncoder
 from anomalib_dhkd.models.asymmetric_ts.anomaly_map import cosine_scorer
-from anomalib_dhkd.models.network import TeacherStudentNetwork
+from anomalib_dhkd.models.network import TeacherStudentNetwork, use_channels_last
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class AsymmetricTsModel(TeacherStudentNetwork):
             channels, strides, student.blocks, student.contextual, student.width, student.linear_output
         )
         self.scorer = cosine_scorer(layers, channels, strides, scoring)
+        use_channels_last(self)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the teacher's features of ``images`` per scale (in training its BatchNorm statistics move first).

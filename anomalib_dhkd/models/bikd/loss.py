@@ -66,8 +66,10 @@ class BikdLoss(nn.Module):
             forward_term = sum(
                 self.forward_loss.compute_layer_loss(t, f) for t, f in zip(teacher, forward_student, strict=True)
             )
-        if reverse_student is not None:
-            reverse_term = self.reverse_loss(teacher, reverse_student)
+        if reverse_student is not None:  # anomalib's loss flattens with view(), which needs NCHW memory
+            reverse_term = self.reverse_loss(
+                [t.contiguous() for t in teacher], [s.contiguous() for s in reverse_student]
+            )
         if forward_student is not None and reverse_student is not None:
             exchange = sum(
                 self.forward_loss.compute_layer_loss(f, r)

@@ -33,7 +33,7 @@ from anomalib_dhkd.components.encoders import (
 )
 from anomalib_dhkd.components.scoring import ScoringConfig, ScoringInput
 from anomalib_dhkd.models.bikd.anomaly_map import DIRECTIONS, bikd_scorer
-from anomalib_dhkd.models.network import TeacherStudentNetwork
+from anomalib_dhkd.models.network import TeacherStudentNetwork, use_channels_last
 
 
 class BikdTrainingOutput(NamedTuple):
@@ -97,6 +97,7 @@ class BikdModel(TeacherStudentNetwork):
             self.bottleneck = OneClassBottleneck(channels, strides)
             self.decoder = PyramidDecoder(channels, strides)
         self.scorer = bikd_scorer(layers, channels, strides, scoring, self.directions)
+        use_channels_last(self)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the frozen teacher's features of ``images`` per scale."""

@@ -25,6 +25,7 @@ from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
 from anomalib_dhkd.components.students import ContextualStudent
 from anomalib_dhkd.models.dmdd.anomaly_map import fused_output
 from anomalib_dhkd.models.dmdd.loss import cosine_distance
+from anomalib_dhkd.models.network import use_channels_last
 
 
 class DmddTrainingOutput(NamedTuple):
@@ -87,6 +88,7 @@ class DmddModel(nn.Module):
         self.decouplers = nn.ModuleList(decoupler(c) for c in channels)
         self.head = MultiPerceptionHead(2 * len(channels))
         self.map_fusion = MapFusion(blur_sigma, score_fraction)
+        use_channels_last(self)
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the frozen teacher's features of ``images`` per scale."""
