@@ -21,6 +21,7 @@ report ``benchmarks/ABLATIONS.md``.
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -172,8 +173,17 @@ def execute(job: dict[str, Any], record: dict[str, Any], maps_file: Path) -> dic
         if status == 0 and result_file.is_file():
             return {**record, **json.loads(result_file.read_text()), "status": "ok"}
     maps_file.unlink(missing_ok=True)
-    signal = f" (killed by signal {-status})" if status < 0 else ""
-    return {**record, "error": (last_line(stderr_tail) or f"worker exited with status {status}") + signal}
+    return {**record, "error": failure_message(status, stderr_tail)}
+
+
+def failure_message(status: int, stderr_tail: str) -> str:
+    """What a failed worker's record says: its last output line, and the signal that killed it if one did."""
+    message = last_line(stderr_tail) or f"worker exited with status {status}"
+    if status == -signal.SIGKILL:
+        return f"{message} (killed by signal 9: on Linux most often the out-of-memory killer, see dmesg)"
+    if status < 0:
+        return f"{message} (killed by signal {-status})"
+    return message
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
 from benchmarks import rescore
+from benchmarks.run import failure_message, stream_worker
 from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
 from benchmarks.suite.records import base_record, load_records, save_record
@@ -188,6 +190,18 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(quick_suite: tuple[Path, s
     assert "[2/2] padim hazelnut_toy/hazelnut pretrained seed 0: already done, skipped" in stdout
     assert "- patchcore on hazelnut_toy/hazelnut, seed 0: `" in (out / "RESULTS.md").read_text()
     assert not (out / "maps" / "patchcore__hazelnut_toy-hazelnut__pretrained__s0.pt").exists()
+
+
+def test_a_killed_worker_is_recorded_with_its_last_progress_and_the_likely_cause() -> None:
+    kill_itself = "import os, signal, sys; sys.stderr.write('coreset 3/7\\rcoreset 4/7'); sys.stderr.flush(); "
+    kill_itself += "os.kill(os.getpid(), signal.SIGKILL)"
+    status, tail = stream_worker([sys.executable, "-c", kill_itself])
+    assert status == -signal.SIGKILL
+    assert failure_message(status, tail) == (
+        "coreset 4/7 (killed by signal 9: on Linux most often the out-of-memory killer, see dmesg)"
+    )
+    assert failure_message(-signal.SIGTERM, "") == "worker exited with status -15 (killed by signal 15)"
+    assert failure_message(1, "Traceback\nValueError: bad layer\n") == "ValueError: bad layer"
 
 
 @pytest.mark.slow
