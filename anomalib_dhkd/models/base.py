@@ -413,6 +413,7 @@ class KnowledgeDistillationModule:
         """Paint synthetic anomalies on pre-processed (normalised) training images.
 
         The synthesizer works on images in ``[0, 1]``: the images are de-normalised, painted and normalised again.
+        An image that got no anomaly comes back bit for bit, so that a model may reuse its features.
 
         Args:
             images: Pre-processed images ``(N, C, H, W)``, as ``training_step`` receives them.
@@ -425,7 +426,8 @@ class KnowledgeDistillationModule:
         """
         mean, std = self.input_normalization(images.device)
         augmented, masks = synthesizer((images * std + mean).clamp(0, 1))
-        return (augmented - mean) / std, masks
+        painted = masks.flatten(1).any(dim=1).view(-1, 1, 1, 1)
+        return torch.where(painted, (augmented - mean) / std, images), masks
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

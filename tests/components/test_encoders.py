@@ -1,9 +1,17 @@
-"""Encoders: feature layers defaulted from the backbone, and unknown layers rejected."""
+"""Encoders: feature layers defaulted from the backbone, unknown layers rejected, BatchNorms folded."""
 
 import pytest
 import torch
+from torch import nn
 
-from anomalib_dhkd.components.encoders import build_encoder, default_layers, encoder_layer_names, feature_layers
+from anomalib_dhkd.components.encoders import (
+    build_encoder,
+    default_layers,
+    encoder_layer_names,
+    feature_layers,
+    fold_batch_norms,
+)
+from anomalib_dhkd.components.encoders.folding import convolution_norm_pairs
 
 
 @pytest.mark.parametrize(
@@ -61,7 +69,7 @@ def test_unused_blocks_are_dropped_with_the_same_features_and_old_weights_still_
 
     torch.manual_seed(0)
     full = TimmFeatureExtractor("tf_efficientnet_lite0", ["blocks.1", "blocks.4"], pre_trained=False).eval()
-    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.1", "blocks.4"], pre_trained=False).eval()
+    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.1", "blocks.4"], pre_trained=False, fold_norms=False)
     assert len(encoder.feature_extractor.blocks) == 5  # blocks.5 and blocks.6 would only cost time
     assert sum(p.numel() for p in encoder.parameters()) < sum(p.numel() for p in full.parameters())
     encoder.load_state_dict(full.state_dict())  # a checkpoint with every block loads; the extra weights are skipped
@@ -75,3 +83,69 @@ def test_unused_blocks_are_dropped_with_the_same_features_and_old_weights_still_
     assert len(deepest.feature_extractor.blocks) == 7  # nothing to drop
     with pytest.raises(RuntimeError, match="Missing key"):  # a dropped block is skipped, a missing one is not
         encoder.load_state_dict({k: v for k, v in full.state_dict().items() if "blocks.4." not in k})
+
+
+def with_random_norm_statistics(encoder: nn.Module) -> nn.Module:
+    """Give every BatchNorm of ``encoder`` statistics and weights far from the identity (as after ImageNet)."""
+    for module in encoder.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.3)
+    return encoder
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layers"),
+    [("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"]), ("resnet18", ["layer1", "layer2", "layer3"])],
+)
+def test_folded_encoder_gives_the_same_features_and_loads_an_unfolded_checkpoint(
+    backbone: str, layers: list[str]
+) -> None:
+    torch.manual_seed(0)
+    unfolded = with_random_norm_statistics(build_encoder(backbone, layers, pre_trained=False, fold_norms=False))
+    folded = build_encoder(backbone, layers, pre_trained=False)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
+    assert not any(parameter.requires_grad for parameter in folded.parameters())
+    folded.load_state_dict(unfolded.state_dict())  # a checkpoint saved before the folding
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = unfolded(images), folded(images)
+    for name in expected:  # float rounding, relative to the features' range
+        assert (actual[name] - expected[name]).abs().max() <= 1e-5 * expected[name].abs().max()
+    reloaded = build_encoder(backbone, layers, pre_trained=False)
+    reloaded.load_state_dict(folded.state_dict())  # a checkpoint saved after it
+    with torch.no_grad():
+        assert all(torch.equal(reloaded(images)[name], actual[name]) for name in actual)
+
+
+def test_timm_batch_norm_with_activation_keeps_its_activation_when_folded() -> None:
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU))
+    encoder = with_random_norm_statistics(nn.ModuleDict({"feature_extractor": network})).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = network(images)
+        fold_batch_norms(encoder)
+        actual = encoder["feature_extractor"](images)
+    assert (actual >= 0).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_norm_reading_a_convolution_output_nothing_else_reads_is_folded() -> None:
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convolution = nn.Conv2d(3, 4, 1)
+            self.norm = nn.BatchNorm2d(4)
+            self.plain = nn.BatchNorm2d(3)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            features = self.convolution(images)
+            return self.norm(features) + features + self.plain(images).mean()
+
+    assert convolution_norm_pairs(Branching()) == []
+    assert convolution_norm_pairs(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))) == []

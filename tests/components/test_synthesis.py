@@ -59,7 +59,7 @@ def test_the_model_paints_on_denormalised_images_and_normalises_them_again() -> 
     mean, std = model.input_normalization()
     normalised = (images01 - mean) / std
     unchanged, masks = model.synthesize_anomalies(normalised, lambda x: (x, torch.zeros_like(x[:, :1])))
-    torch.testing.assert_close(unchanged, normalised)
+    assert torch.equal(unchanged, normalised)  # bit for bit: a model may reuse the features of unpainted images
     assert not masks.any()
     seen = []
     model.synthesize_anomalies(normalised, lambda x: (seen.append(x) or x, x[:, :1]))

@@ -9,6 +9,7 @@ from anomalib_dhkd.components.encoders.feature_extractor import (
     feature_layers,
     without_unused_blocks,
 )
+from anomalib_dhkd.components.encoders.folding import fold_batch_norms
 
 __all__ = [
     "OneClassBottleneck",
@@ -18,6 +19,7 @@ __all__ = [
     "default_layers",
     "encoder_layer_names",
     "feature_layers",
+    "fold_batch_norms",
     "stride_exponents",
     "without_unused_blocks",
 ]

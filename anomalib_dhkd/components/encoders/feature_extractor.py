@@ -18,6 +18,8 @@ from anomalib.models.components import TimmFeatureExtractor
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_dhkd.components.encoders.folding import fold_batch_norms
+
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Strides of the default feature layers: anomalib's ResNet default ``layer1``-``layer3`` (4, 8, 16) for any backbone.
 DEFAULT_STRIDES = (4, 8, 16)
@@ -88,7 +90,9 @@ def encoder_layer_names(layers: Sequence[str], extra_layers: Sequence[str]) -> l
     return list(dict.fromkeys([*layers, *extra_layers]))
 
 
-def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> TimmFeatureExtractor:
+def build_encoder(
+    backbone: str, layers: Sequence[str], pre_trained: bool, fold_norms: bool = True
+) -> TimmFeatureExtractor:
     """Build a frozen timm feature extractor of ``layers``, shallowest first, and fail clearly on a bad layer name.
 
     timm returns features in depth order whatever the order of the names, so the layers are sorted by depth here.
@@ -98,6 +102,9 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
         backbone: timm model name.
         layers: Names of the feature layers to extract, in any order.
         pre_trained: Load the backbone's ImageNet weights (from the Hugging Face cache when offline).
+        fold_norms: Fold the BatchNorm layers into the convolutions before them (:func:`~.folding.fold_batch_norms`),
+            the same features faster; ``False`` for a teacher whose normalisation statistics still move (EMAN).
+            Defaults to ``True``.
 
     Returns:
         The frozen extractor; called on images it returns a dictionary of feature maps keyed by layer name.
@@ -131,7 +138,8 @@ def build_encoder(backbone: str, layers: Sequence[str], pre_trained: bool) -> Ti
         raise RuntimeError(msg) from error
     # anomalib's requires_grad=False only runs the forward without gradients; the parameters are frozen here too, so
     # that an optimiser or a parameter count sees the encoder as the fixed part it is.
-    return without_unused_blocks(encoder).requires_grad_(False)
+    encoder = without_unused_blocks(encoder).requires_grad_(False)
+    return fold_batch_norms(encoder) if fold_norms else encoder
 
 
 def without_unused_blocks(encoder: TimmFeatureExtractor) -> TimmFeatureExtractor:

@@ -90,7 +90,7 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         scoring: ScoringConfig,
     ) -> None:
         super().__init__()
-        encoder = build_encoder(backbone, layers, pre_trained)
+        encoder = build_encoder(backbone, layers, pre_trained, fold_norms=False)  # EMAN moves the statistics
         layers = list(encoder.layers)
         channels = list(encoder.out_dims)
         strides = encoder.feature_extractor.feature_info.reduction()

@@ -95,6 +95,24 @@ class DmddModel(nn.Module):
         self.teacher.eval()
         return list(self.teacher(images).values())
 
+    def paired_teacher_features(
+        self, images: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return the teacher's features of the normal images and of their augmented copies.
+
+        The frozen teacher treats each image alone, so it runs once, on the normal images and only those copies that
+        got an anomaly; an unpainted copy is its normal image (``synthesize_anomalies``) and shares its features.
+        """
+        painted = masks.flatten(1).any(dim=1)
+        features = self.teacher_features(torch.cat([images, augmented[painted]]))
+        normal = [f[: len(images)] for f in features]
+        paired = []
+        for normal_features, both in zip(normal, features, strict=True):
+            augmented_features = normal_features.clone()
+            augmented_features[painted] = both[len(images) :]
+            paired.append(augmented_features)
+        return normal, paired
+
     def decoupled_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Return the student's normality and abnormality features of ``images`` per scale."""
         split = [d(f).chunk(2, dim=1) for d, f in zip(self.decouplers, self.student(images), strict=True)]
@@ -130,8 +148,7 @@ class DmddModel(nn.Module):
 
         The head learns from the discrepancy maps of the augmented images without changing the student (detached).
         """
-        teacher_normal = self.teacher_features(images)
-        teacher_augmented = self.teacher_features(augmented)
+        teacher_normal, teacher_augmented = self.paired_teacher_features(images, augmented, masks)
         normality_normal, _ = self.decoupled_features(images)
         normality_augmented, abnormality_augmented = self.decoupled_features(augmented)
         maps = self.discrepancy_maps(
