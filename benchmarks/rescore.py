@@ -144,30 +144,37 @@ def variant_scorer(model: Dhkd, variant: Variant) -> DiscrepancyScorer:
     )
 
 
-def evaluate(scorer: DiscrepancyScorer, cached: Cached) -> dict[str, Any]:
-    """Fit the scorer on the training images' outputs and measure it on the test images'."""
-    scorer.fit(lambda: cached.train)
-    outputs = [scorer(inputs) for inputs in cached.test]
-    scores = torch.cat([o.pred_score for o in outputs])
-    maps = torch.cat([o.anomaly_map for o in outputs])[:, 0]
-    masks = cached.masks.reshape(maps.shape)
+def map_metrics(
+    scores: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, paths: list[str]
+) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC, PRO and pixel AUROC per defect type of raw test maps ``(N, H, W)``."""
+    masks = masks.reshape(maps.shape)
     normalised = (maps - maps.min()) / (maps.max() - maps.min()).clamp_min(1e-12)
     pro = _AUPRO(fpr_limit=PRO_FPR_LIMIT)
     pro.update(normalised, masks.long())
-    by_type = defect_type_metrics(cached.paths, scores.tolist(), list(maps), list(masks))
+    by_type = defect_type_metrics(paths, scores.tolist(), list(maps), list(masks))
     return {
-        "image_AUROC": ranked_auroc(scores, cached.labels.long()),
+        "image_AUROC": ranked_auroc(scores, labels.long()),
         "pixel_AUROC": ranked_auroc(maps.flatten(), masks.flatten().long()),
         "pixel_AUPRO": round(float(pro.compute()), 4),
         "pixel_AUROC_by_type": {name: m["pixel_AUROC"] for name, m in by_type.items() if m["pixel_AUROC"] is not None},
     }
 
 
-def checkpoints(folder: Path, datasets: list[str] | None) -> list[tuple[Path, str]]:
-    """``(checkpoint, ROOT:CATEGORY)`` of every DHKD checkpoint under ``folder`` whose dataset is shared here."""
+def evaluate(scorer: DiscrepancyScorer, cached: Cached) -> dict[str, Any]:
+    """Fit the scorer on the training images' outputs and measure it on the test images'."""
+    scorer.fit(lambda: cached.train)
+    outputs = [scorer(inputs) for inputs in cached.test]
+    scores = torch.cat([o.pred_score for o in outputs])
+    maps = torch.cat([o.anomaly_map for o in outputs])[:, 0]
+    return map_metrics(scores, maps, cached.masks, cached.labels, cached.paths)
+
+
+def checkpoints(folder: Path, datasets: list[str] | None, model: str = "dhkd") -> list[tuple[Path, str]]:
+    """``(checkpoint, ROOT:CATEGORY)`` of every ``model`` checkpoint under ``folder`` whose dataset is shared here."""
     specs = {slug(dataset_name(spec)): spec for spec in discover_datasets()}
     found = []
-    for path in sorted(folder.rglob("dhkd__s*.ckpt")):
+    for path in sorted(folder.rglob(f"{model}__s*.ckpt")):
         spec = specs.get(path.parent.name)
         if spec is not None and (not datasets or any(word in path.parent.name for word in datasets)):
             found.append((path, spec))

@@ -25,7 +25,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
-from benchmarks import rescore
+from benchmarks import rescore, rescore_dmdd
 from benchmarks.run import failure_message, stream_worker
 from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
@@ -222,6 +222,26 @@ def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_
     assert list(default["pixel_AUROC_by_type"]) == ["colour"]
     assert rescored["scale_map_layers"]["pixel_AUROC"] != default["pixel_AUROC"]  # other layer weights in the map
     rescore.main([str(out / "checkpoints"), "--variants", "default", "--out", str(lines)])
+    assert len(lines.read_text().splitlines()) == 2  # already scored: skipped
+
+
+@pytest.mark.slow
+def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_record_with_the_head_and_reads_other_maps(
+    tmp_path: Path,
+) -> None:
+    shared_category("hazelnut_toy", "hazelnut")
+    out = tmp_path / "bench"
+    run_suite("--quick", "--models", "dmdd", "--out", str(out), "--keep-checkpoints", str(out / "checkpoints"))
+    lines = tmp_path / "rescore.jsonl"
+    rescore_dmdd.main([str(out / "checkpoints"), "--variants", "default", "normality", "--out", str(lines)])
+    rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
+    record = read_records(out)["dmdd"]
+    default = rescored["default"]
+    assert default["image_AUROC"] == pytest.approx(record["image_AUROC"], abs=1e-3)
+    assert default["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
+    assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
+    assert rescored["normality"]["pixel_AUROC"] != default["pixel_AUROC"]  # another map of the same network
+    rescore_dmdd.main([str(out / "checkpoints"), "--variants", "normality", "--out", str(lines)])
     assert len(lines.read_text().splitlines()) == 2  # already scored: skipped
 
 

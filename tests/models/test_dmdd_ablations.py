@@ -22,6 +22,21 @@ def test_map_without_the_head_is_the_fused_normality_discrepancy() -> None:
     assert not torch.allclose(head_map, expected)  # the default map is the head's, not this one
 
 
+def test_default_map_is_the_head_probability_times_the_normality_discrepancy() -> None:
+    torch.manual_seed(0)
+    network = tiny_dmdd(blur_sigma=0.0).model.eval()
+    images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    with torch.no_grad():
+        probabilities, discrepancies = network.head_maps(images)
+        output = network(images)
+        network.normality_in_map = False
+        head_only = network(images)
+    size = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    normality = discrepancies[:, 0::2].mean(dim=1, keepdim=True)
+    torch.testing.assert_close(output.anomaly_map, MapFusion.fuse([probabilities * normality], size))
+    torch.testing.assert_close(head_only.anomaly_map, MapFusion.fuse([probabilities], size))
+
+
 def test_loss_weights_remove_their_term_only() -> None:
     torch.manual_seed(0)
     features = [torch.rand(2, 4, 4, 4)]

@@ -53,6 +53,8 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             ``1.0``.
         segmentation_head: The map comes from the segmentation head; ``False`` (ablation): from the normality
             features' distances to the teacher's. Defaults to ``True``.
+        normality_in_map: Multiply the head's probabilities by the normality discrepancy, so a position is
+            anomalous only where both agree; ``False`` (ablation): the head alone. Defaults to ``True``.
         learning_rate: Adam learning rate of the student, decouplers and head. Defaults to ``1e-3``.
         max_epochs: Training epochs. Defaults to ``20``.
         pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
@@ -83,6 +85,7 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         normality_weight: float = 1.0,
         abnormality_weight: float = 1.0,
         segmentation_head: bool = True,
+        normality_in_map: bool = True,
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
         pre_processor: PreProcessor | bool = True,
@@ -100,7 +103,9 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             visualizer=visualizer,
         )
         layers = list(layers or default_layers(backbone))
-        self.model = DmddModel(backbone, layers, pre_trained, blur_sigma, score_fraction, segmentation_head)
+        self.model = DmddModel(
+            backbone, layers, pre_trained, blur_sigma, score_fraction, segmentation_head, normality_in_map
+        )
         self.anomalies = ForegroundAnomalies(
             anomaly_source_path, anomaly_probability, on_foreground=anomaly_on_foreground
         )

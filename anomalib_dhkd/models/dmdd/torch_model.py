@@ -8,7 +8,7 @@ head that turns both discrepancies into the anomaly map:
     images --> teacher (frozen) --> T_k
     images --> pyramid student --> 1x1 expansion --> [F_n,k | F_a,k]
     maps_k = (1 - cos(F_n,k, T_k), 1 - cos(F_a,k, T_k)), upsampled to the shallowest scale, stacked (2K channels)
-    maps --> multi-perception segmentation head --> logits --> sigmoid --> smoothed map, top-1 % score
+    maps --> segmentation head --> sigmoid --> x normality discrepancy --> smoothed map, top-1 % score
     training on (I, I_a, M) pairs from foreground-aware synthesis: NGM + AIM + focal/Dice on M (loss.py)
 """
 
@@ -61,6 +61,8 @@ class DmddModel(nn.Module):
         score_fraction: The image score is the mean of this share of the map's highest values.
         segmentation_head: The map comes from the segmentation head; ``False`` (ablation): from the normality
             features' ``1 - cos`` distances to the teacher's, fused over scales.
+        normality_in_map: Multiply the head's probabilities by the normality discrepancy (mean over scales), so a
+            position is anomalous only where both agree; ``False`` (ablation): the head's probabilities alone.
 
     Example:
         >>> model = DmddModel("resnet18", ["layer1", "layer2"], False)
@@ -78,9 +80,11 @@ class DmddModel(nn.Module):
         blur_sigma: float = 4.0,
         score_fraction: float = 0.01,
         segmentation_head: bool = True,
+        normality_in_map: bool = True,
     ) -> None:
         super().__init__()
         self.segmentation_head = segmentation_head
+        self.normality_in_map = normality_in_map
         self.teacher = build_encoder(backbone, layers, pre_trained)
         channels = list(self.teacher.out_dims)
         strides = self.teacher.feature_extractor.feature_info.reduction()
@@ -136,10 +140,16 @@ class DmddModel(nn.Module):
         ]
         return torch.cat(maps, dim=1)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the segmentation head's anomaly logits of ``images`` at the shallowest scale's resolution."""
+    def head_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the head's anomaly probabilities ``(N, 1, h_1, w_1)`` and its input, the discrepancy maps."""
         normality, abnormality = self.decoupled_features(images)
-        return self.head(self.discrepancy_maps(self.teacher_features(images), normality, abnormality))
+        discrepancies = self.discrepancy_maps(self.teacher_features(images), normality, abnormality)
+        return self.head(discrepancies).sigmoid(), discrepancies
+
+    @staticmethod
+    def normality_discrepancy(discrepancies: torch.Tensor) -> torch.Tensor:
+        """Mean over scales of the normality channels of :meth:`discrepancy_maps`' output, ``(N, 1, h_1, w_1)``."""
+        return discrepancies[:, 0::2].mean(dim=1, keepdim=True)
 
     def training_outputs(
         self, images: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor
@@ -179,7 +189,10 @@ class DmddModel(nn.Module):
                 raise ValueError(msg)
             return self.training_outputs(images, augmented, masks)
         if self.segmentation_head:
-            maps = [self.logits(images).sigmoid()]
+            probabilities, discrepancies = self.head_maps(images)
+            if self.normality_in_map:
+                probabilities = probabilities * self.normality_discrepancy(discrepancies)
+            maps = [probabilities]
         else:
             normality, _ = self.decoupled_features(images)
             maps = [cosine_distance(n, t) for n, t in zip(normality, self.teacher_features(images), strict=True)]

@@ -1,0 +1,155 @@
+"""Re-score trained Dmdd models with other anomaly maps, without training them again.
+
+Dmdd's segmentation head learns from detached discrepancy maps, so the student is the same whichever map is read at
+test time: one trained model answers which map to use. This script runs the training and test images through the
+network once, keeps the head's probabilities and the per-scale normality and abnormality discrepancies
+(``1 - cos`` to the teacher, at the shallowest scale's resolution), and evaluates each variant on them with the
+model's own smoothing and top-fraction image score. Train with
+``python -m benchmarks.run --models dmdd --keep-checkpoints DIR``, then::
+
+    python -m benchmarks.rescore_dmdd DIR --out results/rescore_dmdd.jsonl
+
+``default`` is the model's map (the head's probabilities times the normality discrepancy), ``head`` the head's
+alone. Variants that add two maps standardise each by the mean and standard deviation of its values on the training
+images. Metrics as in :mod:`benchmarks.rescore`; one JSON line per (checkpoint, variant), resumable.
+"""
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from anomalib.data import MVTecAD
+from tqdm import tqdm
+
+from anomalib_dhkd.models import Dmdd
+from anomalib_dhkd.models.dmdd.torch_model import DmddModel
+from benchmarks.rescore import TORCH_THREADS, checkpoints, map_metrics, read_lines, summary
+from benchmarks.suite.settings import EVAL_BATCH_SIZE, dataset_name
+
+
+class DmddMaps(NamedTuple):
+    """Per image: the head's probabilities ``(N, 1, h, w)`` and the discrepancies ``(N, 2K, h, w)``."""
+
+    head: torch.Tensor
+    discrepancies: torch.Tensor
+
+    @property
+    def normality(self) -> torch.Tensor:
+        """Mean over scales of the normality features' discrepancy ``(N, 1, h, w)``."""
+        return DmddModel.normality_discrepancy(self.discrepancies)
+
+    @property
+    def abnormality(self) -> torch.Tensor:
+        """Mean over scales of the abnormality features' discrepancy ``(N, 1, h, w)``."""
+        return self.discrepancies[:, 1::2].mean(dim=1, keepdim=True)
+
+    @property
+    def deep_normality(self) -> torch.Tensor:
+        """Normality discrepancy without the shallowest scale ``(N, 1, h, w)``."""
+        return self.discrepancies[:, 2::2].mean(dim=1, keepdim=True)
+
+
+MapOf = Callable[[DmddMaps], torch.Tensor]
+
+
+def standardized_sum(*parts: MapOf) -> Callable[[DmddMaps, DmddMaps], torch.Tensor]:
+    """The sum of ``parts``, each standardised by the mean and std of its values on the training images."""
+
+    def fused(maps: DmddMaps, train: DmddMaps) -> torch.Tensor:
+        return sum((part(maps) - part(train).mean()) / part(train).std().clamp_min(1e-12) for part in parts)
+
+    return fused
+
+
+VARIANTS: dict[str, Callable[[DmddMaps, DmddMaps], torch.Tensor]] = {
+    "default": lambda maps, _train: maps.head * maps.normality,
+    "head": lambda maps, _train: maps.head,
+    "normality": lambda maps, _train: maps.normality,
+    "deep_normality": lambda maps, _train: maps.deep_normality,
+    "abnormality": lambda maps, _train: maps.abnormality,
+    "head_plus_normality": standardized_sum(lambda m: m.head, lambda m: m.normality),
+    "normality_plus_abnormality": standardized_sum(lambda m: m.normality, lambda m: m.abnormality),
+}
+
+
+def joined(parts: list[DmddMaps]) -> DmddMaps:
+    """One :class:`DmddMaps` of every batch."""
+    return DmddMaps(*(torch.cat(field) for field in zip(*parts, strict=True)))
+
+
+@torch.no_grad()
+def evaluate(model: Dmdd, root: str, category: str, variants: list[str]) -> dict[str, dict]:
+    """Every chosen variant's metrics on one dataset."""
+    datamodule = MVTecAD(
+        root=root, category=category, train_batch_size=EVAL_BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
+    )
+    datamodule.setup()
+    transform = model.pre_processor.transform
+    train = joined(
+        [
+            DmddMaps(*model.model.head_maps(transform(batch.image)))
+            for batch in tqdm(datamodule.train_dataloader(), desc="training images", leave=False)
+        ]
+    )
+    test, masks, labels, paths = [], [], [], []
+    for batch in tqdm(datamodule.test_dataloader(), desc="test images", leave=False):
+        images, gt_masks = transform(batch.image, batch.gt_mask)
+        test.append(DmddMaps(*model.model.head_maps(images)))
+        masks.append(gt_masks)
+        labels.append(batch.gt_label)
+        paths += list(batch.image_path)
+    test_maps = joined(test)
+    image_size = tuple(masks[0].shape[-2:])
+    results = {}
+    for name in variants:
+        anomaly_map, scores = model.model.map_fusion([VARIANTS[name](test_maps, train)], None, image_size)
+        results[name] = map_metrics(scores, anomaly_map[:, 0], torch.cat(masks).bool(), torch.cat(labels), paths)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-score every Dmdd checkpoint with every chosen variant; print and append one JSON line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, help="folder of python -m benchmarks.run --keep-checkpoints")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only datasets whose name contains NAME")
+    parser.add_argument("--out", type=Path, default=Path("results/rescore_dmdd.jsonl"))
+    parser.add_argument("--summary-only", action="store_true", help="only summarise the lines already in --out")
+    args = parser.parse_args(argv)
+    if args.summary_only:
+        print(summary(read_lines(args.out)))
+        return
+    torch.set_num_threads(TORCH_THREADS)
+    found = checkpoints(args.checkpoints, args.datasets, model="dmdd")
+    if not found:
+        raise SystemExit(f"no Dmdd checkpoint of a shared dataset under {args.checkpoints}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(line["checkpoint"], line["variant"]) for line in read_lines(args.out)}
+    for path, spec in found:
+        variants = [name for name in args.variants if (str(path), name) not in done]
+        if not variants:
+            print(f"{path}: every variant already scored in {args.out}, skipped", flush=True)
+            continue
+        start = time.perf_counter()
+        model = Dmdd.load_from_checkpoint(path, map_location="cpu").eval()
+        root, _, category = spec.rpartition(":")
+        results = evaluate(model, root, category, variants)
+        print(f"{path} ({time.perf_counter() - start:.0f} s)", flush=True)
+        for name, metrics in results.items():
+            line = {"checkpoint": str(path), "dataset": dataset_name(spec), "variant": name, **metrics}
+            with args.out.open("a") as out:
+                out.write(json.dumps(line) + "\n")
+            print(
+                f"  {name:28s} {metrics['image_AUROC']:.3f} / {metrics['pixel_AUROC']:.3f} / "
+                f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
+                flush=True,
+            )
+    print(summary(read_lines(args.out)))
+
+
+if __name__ == "__main__":
+    main()
