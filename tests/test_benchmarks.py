@@ -39,7 +39,7 @@ from benchmarks.suite.settings import (
     discover_datasets,
     run_settings,
 )
-from tests.conftest import shared_category
+from tests.conftest import TINY_IMAGE_SIZE, shared_category, tiny_dmdd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
@@ -237,12 +237,25 @@ def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_record_with_the_head_an
     rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
     record = read_records(out)["dmdd"]
     default = rescored["default"]
-    assert default["image_AUROC"] == pytest.approx(record["image_AUROC"], abs=1e-3)
+    # Image scores are compared in the unit test of the default variant: anomalib's post-processor clips the
+    # normalised scores to [0, 1], and the ties it makes among a one-epoch model's scores move the record's AUROC.
     assert default["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
     assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
     assert rescored["normality"]["pixel_AUROC"] != default["pixel_AUROC"]  # another map of the same network
     rescore_dmdd.main([str(out / "checkpoints"), "--variants", "normality", "--out", str(lines)])
     assert len(lines.read_text().splitlines()) == 2  # already scored: skipped
+
+
+def test_dmdd_default_rescoring_variant_is_the_models_own_map_and_score() -> None:
+    torch.manual_seed(0)
+    network = tiny_dmdd().model.eval()
+    images = torch.rand(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    with torch.no_grad():
+        output = network(images)
+        maps = rescore_dmdd.DmddMaps(*network.head_maps(images))
+        anomaly_map, score = network.map_fusion([rescore_dmdd.VARIANTS["default"](maps, maps)], None, images.shape[-2:])
+    torch.testing.assert_close(anomaly_map, output.anomaly_map)
+    torch.testing.assert_close(score, output.pred_score)
 
 
 @pytest.mark.slow

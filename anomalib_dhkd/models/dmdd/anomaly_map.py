@@ -1,11 +1,12 @@
-"""Anomaly map and image score of Dmdd: the segmentation head's probabilities, smoothed; score from the map.
+"""Anomaly map and image score of Dmdd: the head's probabilities times the normality discrepancy, smoothed.
 
-At inference the map comes straight from the multi-perception segmentation head
-(:class:`~anomalib_dhkd.components.scoring.segmentation.MultiPerceptionHead`): sigmoid of its logits at the
-shallowest scale's resolution, upsampled to the image, Gaussian-smoothed; the image score is the mean of the map's
-highest ``score_fraction`` (the family's :class:`~anomalib_dhkd.components.scoring.MapFusion`). No statistics of
-normal images are fitted: the head is trained to output anomaly probabilities. The ablation without the head fuses
-the normality features' per-scale ``1 - cos`` distances to the teacher's the same way.
+At inference the multi-perception segmentation head
+(:class:`~anomalib_dhkd.components.scoring.segmentation.MultiPerceptionHead`) gives anomaly probabilities at the
+shallowest scale's resolution; they are multiplied by the normality features' ``1 - cos`` distance to the teacher
+(mean over scales), so a position counts only where the head and the distillation agree. The product is upsampled to
+the image and Gaussian-smoothed; the image score is the mean of the map's highest ``score_fraction`` (the family's
+:class:`~anomalib_dhkd.components.scoring.MapFusion`). No statistics of normal images are fitted. Ablations: the
+head's probabilities alone (``normality_in_map=False``), the normality distances alone (``segmentation_head=False``).
 """
 
 import torch
