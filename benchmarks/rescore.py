@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -220,45 +220,70 @@ def summary(lines: list[dict[str, Any]]) -> str:
     return "\n".join(table)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Re-score every checkpoint with every chosen variant; print and append one JSON line each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ScoreCheckpoint = Callable[[Path, str, str, list[str]], Iterator[tuple[str, dict[str, Any]]]]
+
+
+def score_dhkd(path: Path, root: str, category: str, variants: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(variant, metrics)`` of one DHKD checkpoint on one dataset, for each chosen variant."""
+    start = time.perf_counter()
+    model = load_model(path)
+    cached = cache_outputs(model, root, category)
+    print(f"{path} ({time.perf_counter() - start:.0f} s to run the images)", flush=True)
+    for name in variants:
+        yield name, evaluate(variant_scorer(model, VARIANTS[name]), cached)
+
+
+def rescore_main(
+    argv: list[str] | None, description: str, model: str, variants: list[str], out: Path, score: ScoreCheckpoint
+) -> None:
+    """Re-score every ``model`` checkpoint with every chosen variant; print and append one JSON line each.
+
+    Args:
+        argv: Command-line arguments; ``None``: ``sys.argv``.
+        description: The command's description.
+        model: Checkpoint name prefix in the ``--keep-checkpoints`` folder, e.g. ``dhkd``.
+        variants: Names of the variants ``score`` knows.
+        out: Default JSON-lines file.
+        score: ``(checkpoint, root, category, variants)`` to ``(variant, metrics)`` pairs.
+
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("checkpoints", type=Path, help="folder of python -m benchmarks.run --keep-checkpoints")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=variants, default=variants)
     parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only datasets whose name contains NAME")
-    parser.add_argument("--out", type=Path, default=Path("results/rescore.jsonl"))
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--summary-only", action="store_true", help="only summarise the lines already in --out")
     args = parser.parse_args(argv)
     if args.summary_only:
         print(summary(read_lines(args.out)))
         return
     torch.set_num_threads(TORCH_THREADS)
-    found = checkpoints(args.checkpoints, args.datasets)
+    found = checkpoints(args.checkpoints, args.datasets, model)
     if not found:
-        raise SystemExit(f"no DHKD checkpoint of a shared dataset under {args.checkpoints}")
+        raise SystemExit(f"no {model} checkpoint of a shared dataset under {args.checkpoints}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {(line["checkpoint"], line["variant"]) for line in read_lines(args.out)}
     for path, spec in found:
-        variants = [name for name in args.variants if (str(path), name) not in done]
-        if not variants:
+        chosen = [name for name in args.variants if (str(path), name) not in done]
+        if not chosen:
             print(f"{path}: every variant already scored in {args.out}, skipped", flush=True)
             continue
-        start = time.perf_counter()
-        model = load_model(path)
         root, _, category = spec.rpartition(":")
-        cached = cache_outputs(model, root, category)
-        print(f"{path} ({time.perf_counter() - start:.0f} s to run the images)", flush=True)
-        for name in variants:
-            metrics = evaluate(variant_scorer(model, VARIANTS[name]), cached)
+        for name, metrics in score(path, root, category, chosen):
             line = {"checkpoint": str(path), "dataset": dataset_name(spec), "variant": name, **metrics}
-            with args.out.open("a") as out:
-                out.write(json.dumps(line) + "\n")
+            with args.out.open("a") as lines:
+                lines.write(json.dumps(line) + "\n")
             print(
-                f"  {name:22s} {metrics['image_AUROC']:.3f} / {metrics['pixel_AUROC']:.3f} / "
+                f"  {name:28s} {metrics['image_AUROC']:.3f} / {metrics['pixel_AUROC']:.3f} / "
                 f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
                 flush=True,
             )
     print(summary(read_lines(args.out)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-score every DHKD checkpoint with every chosen variant; print and append one JSON line each."""
+    rescore_main(argv, __doc__.splitlines()[0], "dhkd", list(VARIANTS), Path("results/rescore.jsonl"), score_dhkd)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ alone. Variants that add two maps standardise each by the mean and standard devi
 images. Metrics as in :mod:`benchmarks.rescore`; one JSON line per (checkpoint, variant), resumable.
 """
 
-import argparse
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from anomalib.data import MVTecAD
@@ -27,8 +25,8 @@ from tqdm import tqdm
 
 from anomalib_dhkd.models import Dmdd
 from anomalib_dhkd.models.dmdd.torch_model import DmddModel
-from benchmarks.rescore import TORCH_THREADS, checkpoints, map_metrics, read_lines, summary
-from benchmarks.suite.settings import EVAL_BATCH_SIZE, dataset_name
+from benchmarks.rescore import map_metrics, rescore_main
+from benchmarks.suite.settings import EVAL_BATCH_SIZE
 
 
 class DmddMaps(NamedTuple):
@@ -82,7 +80,7 @@ def joined(parts: list[DmddMaps]) -> DmddMaps:
 
 
 @torch.no_grad()
-def evaluate(model: Dmdd, root: str, category: str, variants: list[str]) -> dict[str, dict]:
+def evaluate(model: Dmdd, root: str, category: str, variants: list[str]) -> dict[str, dict[str, Any]]:
     """Every chosen variant's metrics on one dataset."""
     datamodule = MVTecAD(
         root=root, category=category, train_batch_size=EVAL_BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
@@ -111,44 +109,18 @@ def evaluate(model: Dmdd, root: str, category: str, variants: list[str]) -> dict
     return results
 
 
+def score_dmdd(path: Path, root: str, category: str, variants: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(variant, metrics)`` of one Dmdd checkpoint on one dataset, for each chosen variant."""
+    start = time.perf_counter()
+    results = evaluate(Dmdd.load_from_checkpoint(path, map_location="cpu").eval(), root, category, variants)
+    print(f"{path} ({time.perf_counter() - start:.0f} s)", flush=True)
+    yield from results.items()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Re-score every Dmdd checkpoint with every chosen variant; print and append one JSON line each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", type=Path, help="folder of python -m benchmarks.run --keep-checkpoints")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="only datasets whose name contains NAME")
-    parser.add_argument("--out", type=Path, default=Path("results/rescore_dmdd.jsonl"))
-    parser.add_argument("--summary-only", action="store_true", help="only summarise the lines already in --out")
-    args = parser.parse_args(argv)
-    if args.summary_only:
-        print(summary(read_lines(args.out)))
-        return
-    torch.set_num_threads(TORCH_THREADS)
-    found = checkpoints(args.checkpoints, args.datasets, model="dmdd")
-    if not found:
-        raise SystemExit(f"no Dmdd checkpoint of a shared dataset under {args.checkpoints}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(line["checkpoint"], line["variant"]) for line in read_lines(args.out)}
-    for path, spec in found:
-        variants = [name for name in args.variants if (str(path), name) not in done]
-        if not variants:
-            print(f"{path}: every variant already scored in {args.out}, skipped", flush=True)
-            continue
-        start = time.perf_counter()
-        model = Dmdd.load_from_checkpoint(path, map_location="cpu").eval()
-        root, _, category = spec.rpartition(":")
-        results = evaluate(model, root, category, variants)
-        print(f"{path} ({time.perf_counter() - start:.0f} s)", flush=True)
-        for name, metrics in results.items():
-            line = {"checkpoint": str(path), "dataset": dataset_name(spec), "variant": name, **metrics}
-            with args.out.open("a") as out:
-                out.write(json.dumps(line) + "\n")
-            print(
-                f"  {name:28s} {metrics['image_AUROC']:.3f} / {metrics['pixel_AUROC']:.3f} / "
-                f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
-                flush=True,
-            )
-    print(summary(read_lines(args.out)))
+    description = __doc__.splitlines()[0]
+    rescore_main(argv, description, "dmdd", list(VARIANTS), Path("results/rescore_dmdd.jsonl"), score_dmdd)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -204,16 +205,37 @@ def test_a_killed_worker_is_recorded_with_its_last_progress_and_the_likely_cause
     assert failure_message(1, "Traceback\nValueError: bad layer\n") == "ValueError: bad layer"
 
 
-@pytest.mark.slow
-def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_variant(tmp_path: Path) -> None:
+def rescored_kept_checkpoint(
+    tmp_path: Path, model: str, rescore_main: Callable[[list[str]], None], variants: list[str]
+) -> tuple[dict[str, dict], dict, Callable[[list[str]], int]]:
+    """Train ``model`` with the quick suite keeping its checkpoint, re-score it with ``variants``.
+
+    Returns:
+        The re-scored lines by variant, the suite's record, and a function that re-scores again with other variants
+        and returns the number of lines written in all.
+
+    """
     shared_category("hazelnut_toy", "hazelnut")
     out = tmp_path / "bench"
-    run_suite("--quick", "--models", "dhkd", "--out", str(out), "--keep-checkpoints", str(out / "checkpoints"))
-    assert (out / "checkpoints" / "pretrained" / "hazelnut_toy-hazelnut" / "dhkd__s0.ckpt").is_file()
+    checkpoints = out / "checkpoints"
+    run_suite("--quick", "--models", model, "--out", str(out), "--keep-checkpoints", str(checkpoints))
+    assert (checkpoints / "pretrained" / "hazelnut_toy-hazelnut" / f"{model}__s0.ckpt").is_file()
     lines = tmp_path / "rescore.jsonl"
-    rescore.main([str(out / "checkpoints"), "--variants", "default", "scale_map_layers", "--out", str(lines)])
+
+    def rescore_again(chosen: list[str]) -> int:
+        rescore_main([str(checkpoints), "--variants", *chosen, "--out", str(lines)])
+        return len(lines.read_text().splitlines())
+
+    rescore_again(variants)
     rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
-    record = read_records(out)["dhkd"]
+    return rescored, read_records(out)[model], rescore_again
+
+
+@pytest.mark.slow
+def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_variant(tmp_path: Path) -> None:
+    rescored, record, rescore_again = rescored_kept_checkpoint(
+        tmp_path, "dhkd", rescore.main, ["default", "scale_map_layers"]
+    )
     default = rescored["default"]
     assert default["image_AUROC"] == pytest.approx(record["image_AUROC"], abs=1e-3)
     # The suite's maps pass anomalib's post-processor, which clips normalised values to [0, 1]; the raw maps do not.
@@ -221,29 +243,21 @@ def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_
     assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
     assert list(default["pixel_AUROC_by_type"]) == ["colour"]
     assert rescored["scale_map_layers"]["pixel_AUROC"] != default["pixel_AUROC"]  # other layer weights in the map
-    rescore.main([str(out / "checkpoints"), "--variants", "default", "--out", str(lines)])
-    assert len(lines.read_text().splitlines()) == 2  # already scored: skipped
+    assert rescore_again(["default"]) == 2  # already scored: skipped
 
 
 @pytest.mark.slow
-def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_record_with_the_head_and_reads_other_maps(
-    tmp_path: Path,
-) -> None:
-    shared_category("hazelnut_toy", "hazelnut")
-    out = tmp_path / "bench"
-    run_suite("--quick", "--models", "dmdd", "--out", str(out), "--keep-checkpoints", str(out / "checkpoints"))
-    lines = tmp_path / "rescore.jsonl"
-    rescore_dmdd.main([str(out / "checkpoints"), "--variants", "default", "normality", "--out", str(lines)])
-    rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
-    record = read_records(out)["dmdd"]
+def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads_other_maps(tmp_path: Path) -> None:
+    rescored, record, rescore_again = rescored_kept_checkpoint(
+        tmp_path, "dmdd", rescore_dmdd.main, ["default", "normality"]
+    )
     default = rescored["default"]
     # Image scores are compared in the unit test of the default variant: anomalib's post-processor clips the
     # normalised scores to [0, 1], and the ties it makes among a one-epoch model's scores move the record's AUROC.
     assert default["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
     assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
     assert rescored["normality"]["pixel_AUROC"] != default["pixel_AUROC"]  # another map of the same network
-    rescore_dmdd.main([str(out / "checkpoints"), "--variants", "normality", "--out", str(lines)])
-    assert len(lines.read_text().splitlines()) == 2  # already scored: skipped
+    assert rescore_again(["normality"]) == 2  # already scored: skipped
 
 
 def test_dmdd_default_rescoring_variant_is_the_models_own_map_and_score() -> None:
