@@ -25,13 +25,13 @@ from typing import Any, NamedTuple
 import torch
 from anomalib.data import MVTecAD
 from anomalib.metrics.aupro import _AUPRO
+from anomalib.models.components import AnomalibModule
 from tqdm import tqdm
 
 from anomalib_dhkd.components.encoders import default_layers
 from anomalib_dhkd.components.scoring import (
     DiscrepancyScorer,
     ScoringConfig,
-    ScoringInput,
     normalized_discrepancy,
     squared_discrepancy,
 )
@@ -48,10 +48,11 @@ TORCH_THREADS = 2  # as the suite measures
 
 
 class Cached(NamedTuple):
-    """One dataset's network outputs: scoring inputs of the training and test images, and the test labels."""
+    """One dataset's network outputs per batch (DHKD: scoring inputs) of the training and test images, and the test
+    labels."""
 
-    train: list[ScoringInput]
-    test: list[ScoringInput]
+    train: list[Any]
+    test: list[Any]
     masks: torch.Tensor
     labels: torch.Tensor
     paths: list[str]
@@ -106,21 +107,32 @@ def load_model(checkpoint: Path) -> Dhkd:
 
 
 @torch.no_grad()
-def cache_outputs(model: Dhkd, root: str, category: str) -> Cached:
-    """Run the training and test images through the network once."""
+def cache_outputs(
+    model: AnomalibModule, root: str, category: str, outputs: Callable[[torch.Tensor], Any] | None = None
+) -> Cached:
+    """Run the training and test images through the network once.
+
+    Args:
+        model: The trained model; its pre-processor's transform prepares the images.
+        root: Dataset root.
+        category: Dataset category.
+        outputs: What to keep of a batch of prepared images; ``None``: DHKD's scoring inputs.
+
+    """
+    outputs = outputs or model.model.scoring_input
     datamodule = MVTecAD(
         root=root, category=category, train_batch_size=EVAL_BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
     )
     datamodule.setup()
     transform = model.pre_processor.transform
     train = [
-        model.model.scoring_input(transform(batch.image))
+        outputs(transform(batch.image))
         for batch in tqdm(datamodule.train_dataloader(), desc="training images", leave=False)
     ]
     test, masks, labels, paths = [], [], [], []
     for batch in tqdm(datamodule.test_dataloader(), desc="test images", leave=False):
         images, gt_masks = transform(batch.image, batch.gt_mask)
-        test.append(model.model.scoring_input(images))
+        test.append(outputs(images))
         masks.append(gt_masks)
         labels.append(batch.gt_label)
         paths += list(batch.image_path)

@@ -20,13 +20,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from anomalib.data import MVTecAD
-from tqdm import tqdm
 
 from anomalib_dhkd.models import Dmdd
 from anomalib_dhkd.models.dmdd.torch_model import DmddModel
-from benchmarks.rescore import map_metrics, rescore_main
-from benchmarks.suite.settings import EVAL_BATCH_SIZE
+from benchmarks.rescore import cache_outputs, map_metrics, rescore_main
 
 
 class DmddMaps(NamedTuple):
@@ -58,7 +55,11 @@ def standardized_sum(*parts: MapOf) -> Callable[[DmddMaps, DmddMaps], torch.Tens
     """The sum of ``parts``, each standardised by the mean and std of its values on the training images."""
 
     def fused(maps: DmddMaps, train: DmddMaps) -> torch.Tensor:
-        return sum((part(maps) - part(train).mean()) / part(train).std().clamp_min(1e-12) for part in parts)
+        standardized = []
+        for part in parts:
+            reference = part(train)
+            standardized.append((part(maps) - reference.mean()) / reference.std().clamp_min(1e-12))
+        return sum(standardized)
 
     return fused
 
@@ -82,30 +83,13 @@ def joined(parts: list[DmddMaps]) -> DmddMaps:
 @torch.no_grad()
 def evaluate(model: Dmdd, root: str, category: str, variants: list[str]) -> dict[str, dict[str, Any]]:
     """Every chosen variant's metrics on one dataset."""
-    datamodule = MVTecAD(
-        root=root, category=category, train_batch_size=EVAL_BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
-    )
-    datamodule.setup()
-    transform = model.pre_processor.transform
-    train = joined(
-        [
-            DmddMaps(*model.model.head_maps(transform(batch.image)))
-            for batch in tqdm(datamodule.train_dataloader(), desc="training images", leave=False)
-        ]
-    )
-    test, masks, labels, paths = [], [], [], []
-    for batch in tqdm(datamodule.test_dataloader(), desc="test images", leave=False):
-        images, gt_masks = transform(batch.image, batch.gt_mask)
-        test.append(DmddMaps(*model.model.head_maps(images)))
-        masks.append(gt_masks)
-        labels.append(batch.gt_label)
-        paths += list(batch.image_path)
-    test_maps = joined(test)
-    image_size = tuple(masks[0].shape[-2:])
+    cached = cache_outputs(model, root, category, lambda images: DmddMaps(*model.model.head_maps(images)))
+    train, test_maps = joined(cached.train), joined(cached.test)
+    image_size = tuple(cached.masks.shape[-2:])
     results = {}
     for name in variants:
         anomaly_map, scores = model.model.map_fusion([VARIANTS[name](test_maps, train)], None, image_size)
-        results[name] = map_metrics(scores, anomaly_map[:, 0], torch.cat(masks).bool(), torch.cat(labels), paths)
+        results[name] = map_metrics(scores, anomaly_map[:, 0], cached.masks, cached.labels, cached.paths)
     return results
 
 
