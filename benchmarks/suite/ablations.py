@@ -143,6 +143,9 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "no_aim": Ablation({"abnormality_weight": 0.0}, "abnormality inverse mimicking"),
         "no_head": Ablation({"segmentation_head": False}, "the segmentation head against the raw discrepancy map"),
         "head_only": Ablation({"normality_in_map": False}, "the normality discrepancy multiplied into the head's map"),
+        "multi_perception": Ablation(
+            {"multi_perception": True}, "a per-position head against the paper's multi-perception head"
+        ),
         "anywhere": Ablation({"anomaly_on_foreground": False}, "synthetic anomalies on the object only"),
         "half_epochs": Ablation({}, "half the training epochs (training time within twice DHKD's)", epochs=10),
     },

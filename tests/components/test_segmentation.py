@@ -1,14 +1,16 @@
 """Segmentation head and its losses; Dmdd's decoupled-distillation terms."""
 
+import pytest
 import torch
 
 from anomalib_dhkd.components.losses import segmentation_loss, soft_dice_loss
-from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
+from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead, PixelwiseHead
 from anomalib_dhkd.models.dmdd.loss import abnormality_inverse_mimicking, cosine_distance, normality_guided_mimicking
 
 
-def test_head_keeps_the_resolution_for_odd_sizes_and_trains() -> None:
-    head = MultiPerceptionHead(6)
+@pytest.mark.parametrize("head_type", [MultiPerceptionHead, PixelwiseHead])
+def test_head_keeps_the_resolution_for_odd_sizes_and_trains(head_type: type[torch.nn.Module]) -> None:
+    head = head_type(6)
     maps = torch.rand(2, 6, 17, 11)
     logits = head(maps)
     assert logits.shape == (2, 1, 17, 11)
@@ -16,6 +18,19 @@ def test_head_keeps_the_resolution_for_odd_sizes_and_trains() -> None:
     masks[..., 4:8, 3:6] = 1
     segmentation_loss(logits, masks).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_pixelwise_head_reads_each_position_alone_and_the_multi_perception_head_its_neighbours() -> None:
+    torch.manual_seed(0)
+    maps = torch.rand(1, 6, 9, 9)
+    changed = maps.clone()
+    changed[..., 4, 4] += 1.0
+    for head_type, only_the_centre in ((PixelwiseHead, True), (MultiPerceptionHead, False)):
+        head = head_type(6).eval()
+        with torch.no_grad():
+            moved = (head(changed) - head(maps)).abs()[0, 0] > 1e-6
+        assert moved[4, 4]
+        assert bool(moved.sum() == 1) is only_the_centre
 
 
 def test_segmentation_loss_prefers_the_right_masks() -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from anomalib_dhkd.components.scoring import MapFusion
+from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead, PixelwiseHead
 from anomalib_dhkd.models.dmdd.loss import DmddLoss, cosine_distance
 from tests.conftest import TINY_IMAGE_SIZE, tiny_dmdd
 
@@ -35,6 +36,11 @@ def test_default_map_is_the_head_probability_times_the_normality_discrepancy() -
     normality = discrepancies[:, 0::2].mean(dim=1, keepdim=True)
     torch.testing.assert_close(output.anomaly_map, MapFusion.fuse([probabilities * normality], size))
     torch.testing.assert_close(head_only.anomaly_map, MapFusion.fuse([probabilities], size))
+
+
+def test_multi_perception_switch_chooses_the_head() -> None:
+    assert isinstance(tiny_dmdd().model.head, PixelwiseHead)
+    assert isinstance(tiny_dmdd(multi_perception=True).model.head, MultiPerceptionHead)
 
 
 def test_loss_weights_remove_their_term_only() -> None:

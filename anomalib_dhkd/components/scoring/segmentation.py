@@ -5,6 +5,7 @@ Detection", ACM MM 2024) ends in a multi-perception segmentation network that fu
 attention" and is trained on the masks of synthetic anomalies. Our reading: a residual convolution block, channel
 and spatial attention (CBAM, Woo et al., ECCV 2018: timm's ``cbam`` module) and multi-scale context from parallel
 dilated convolutions (as ASPP in DeepLab v3, Chen et al., 2017), then a 1x1 convolution to one logit per position.
+:class:`PixelwiseHead` is the same task without spatial context: it fuses the maps at each position alone.
 """
 
 from collections.abc import Sequence
@@ -74,3 +75,27 @@ class MultiPerceptionHead(nn.Module):
         features = self.stem(maps)
         features = torch.relu(features + self.residual(features))
         return self.logits(self.context(self.attention(features)))
+
+
+class PixelwiseHead(nn.Sequential):
+    """Anomaly logits from stacked discrepancy maps, one position at a time (1x1 convolutions only).
+
+    Without spatial context the head cannot learn the shapes of the synthetic anomalies it is trained on, only how
+    the discrepancies of one position combine into an anomaly, which carries over to real defects.
+
+    Args:
+        in_channels: Stacked input maps.
+        width: Channels of the two hidden layers.
+
+    Example:
+        >>> PixelwiseHead(6)(torch.rand(2, 6, 16, 16)).shape
+        torch.Size([2, 1, 16, 16])
+
+    """
+
+    def __init__(self, in_channels: int, width: int = 32) -> None:
+        super().__init__(
+            conv_norm_relu(in_channels, width, kernel_size=1),
+            conv_norm_relu(width, width, kernel_size=1),
+            nn.Conv2d(width, 1, kernel_size=1),
+        )

@@ -55,6 +55,9 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             features' distances to the teacher's. Defaults to ``True``.
         normality_in_map: Multiply the head's probabilities by the normality discrepancy, so a position is
             anomalous only where both agree; ``False`` (ablation): the head alone. Defaults to ``True``.
+        multi_perception: The head sees spatial context (residual block, CBAM attention, dilated convolutions), as
+            the paper's multi-perception network; ``False``: it fuses the discrepancies at each position alone, which
+            carried over from synthetic to real anomalies more reliably. Defaults to ``False``.
         learning_rate: Adam learning rate of the student, decouplers and head. Defaults to ``1e-3``.
         max_epochs: Training epochs. Defaults to ``20``.
         pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
@@ -86,6 +89,7 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         abnormality_weight: float = 1.0,
         segmentation_head: bool = True,
         normality_in_map: bool = True,
+        multi_perception: bool = False,
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
         pre_processor: PreProcessor | bool = True,
@@ -104,7 +108,14 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         )
         layers = list(layers or default_layers(backbone))
         self.model = DmddModel(
-            backbone, layers, pre_trained, blur_sigma, score_fraction, segmentation_head, normality_in_map
+            backbone,
+            layers,
+            pre_trained,
+            blur_sigma,
+            score_fraction,
+            segmentation_head,
+            normality_in_map,
+            multi_perception,
         )
         self.anomalies = ForegroundAnomalies(
             anomaly_source_path, anomaly_probability, on_foreground=anomaly_on_foreground

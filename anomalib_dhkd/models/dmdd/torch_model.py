@@ -8,7 +8,7 @@ head that turns both discrepancies into the anomaly map:
     images --> teacher (frozen) --> T_k
     images --> pyramid student --> 1x1 expansion --> [F_n,k | F_a,k]
     maps_k = (1 - cos(F_n,k, T_k), 1 - cos(F_a,k, T_k)), upsampled to the shallowest scale, stacked (2K channels)
-    maps --> segmentation head --> sigmoid --> x normality discrepancy --> smoothed map, top-1 % score
+    maps --> segmentation head (per position) --> sigmoid --> x normality discrepancy --> smoothed map, top-1 % score
     training on (I, I_a, M) pairs from foreground-aware synthesis: NGM + AIM + focal/Dice on M (loss.py)
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from anomalib_dhkd.components.encoders import build_encoder
 from anomalib_dhkd.components.scoring import MapFusion
-from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
+from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead, PixelwiseHead
 from anomalib_dhkd.components.students import ContextualStudent
 from anomalib_dhkd.models.dmdd.anomaly_map import fused_output
 from anomalib_dhkd.models.dmdd.loss import cosine_distance
@@ -81,6 +81,7 @@ class DmddModel(nn.Module):
         score_fraction: float = 0.01,
         segmentation_head: bool = True,
         normality_in_map: bool = True,
+        multi_perception: bool = False,
     ) -> None:
         super().__init__()
         self.segmentation_head = segmentation_head
@@ -90,7 +91,8 @@ class DmddModel(nn.Module):
         strides = self.teacher.feature_extractor.feature_info.reduction()
         self.student = ContextualStudent(channels, strides, contextual=False)
         self.decouplers = nn.ModuleList(decoupler(c) for c in channels)
-        self.head = MultiPerceptionHead(2 * len(channels))
+        head = MultiPerceptionHead if multi_perception else PixelwiseHead
+        self.head = head(2 * len(channels))
         self.map_fusion = MapFusion(blur_sigma, score_fraction)
         use_channels_last(self)
 
