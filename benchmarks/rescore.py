@@ -198,8 +198,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def summary(lines: list[dict[str, Any]]) -> str:
-    """Markdown table: per variant and dataset the seed means, and the mean change from ``default`` in points.
+def summary(lines: list[dict[str, Any]], reference: str = "default") -> str:
+    """Markdown table: per variant and dataset the seed means, and the mean change from ``reference`` in points.
 
     A checkpoint's last line per variant counts (a rerun replaces earlier lines).
     """
@@ -214,14 +214,14 @@ def summary(lines: list[dict[str, Any]]) -> str:
 
     header = [
         "variant",
-        *[f"{d} ({sum(1 for (_, n), v in latest.items() if n == 'default' and v['dataset'] == d)})" for d in datasets],
-        "mean change from default (points)",
+        *[f"{d} ({sum(1 for (_, n), v in latest.items() if n == reference and v['dataset'] == d)})" for d in datasets],
+        f"mean change from {reference} (points)",
     ]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in variants:
         cells, changes = [], []
         for dataset in datasets:
-            values, base = mean(variant, dataset), mean("default", dataset)
+            values, base = mean(variant, dataset), mean(reference, dataset)
             cells.append(" / ".join(f"{v:.3f}" for v in values) if values else "")
             if values and base:
                 changes.append([100 * (v - b) for v, b in zip(values, base, strict=True)])
@@ -246,7 +246,13 @@ def score_dhkd(path: Path, root: str, category: str, variants: list[str]) -> Ite
 
 
 def rescore_main(
-    argv: list[str] | None, description: str, model: str, variants: list[str], out: Path, score: ScoreCheckpoint
+    argv: list[str] | None,
+    description: str,
+    model: str,
+    variants: list[str],
+    out: Path,
+    score: ScoreCheckpoint,
+    reference: str = "default",
 ) -> None:
     """Re-score every ``model`` checkpoint with every chosen variant; print and append one JSON line each.
 
@@ -257,6 +263,7 @@ def rescore_main(
         variants: Names of the variants ``score`` knows.
         out: Default JSON-lines file.
         score: ``(checkpoint, root, category, variants)`` to ``(variant, metrics)`` pairs.
+        reference: The variant the summary's changes are measured from.
 
     """
     parser = argparse.ArgumentParser(description=description)
@@ -267,7 +274,7 @@ def rescore_main(
     parser.add_argument("--summary-only", action="store_true", help="only summarise the lines already in --out")
     args = parser.parse_args(argv)
     if args.summary_only:
-        print(summary(read_lines(args.out)))
+        print(summary(read_lines(args.out), reference))
         return
     torch.set_num_threads(TORCH_THREADS)
     found = checkpoints(args.checkpoints, args.datasets, model)
@@ -290,7 +297,7 @@ def rescore_main(
                 f"{metrics['pixel_AUPRO']:.3f}  {metrics['pixel_AUROC_by_type']}",
                 flush=True,
             )
-    print(summary(read_lines(args.out)))
+    print(summary(read_lines(args.out), reference))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
-from benchmarks import rescore, rescore_dmdd
+from benchmarks import rescore, rescore_dmdd, retrain_dmdd_head
 from benchmarks.run import failure_message, stream_worker
 from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
@@ -258,6 +258,28 @@ def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads
     assert default["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
     assert rescored["normality"]["pixel_AUROC"] != default["pixel_AUROC"]  # another map of the same network
     assert rescore_again(["normality"]) == 2  # already scored: skipped
+
+
+@pytest.mark.slow
+def test_new_heads_on_a_kept_dmdd_checkpoint_train_and_the_joint_head_reproduces_its_record(tmp_path: Path) -> None:
+    rescored, record, rescore_again = rescored_kept_checkpoint(
+        tmp_path, "dmdd", retrain_dmdd_head.main, ["joint", "multi_perception_log"]
+    )
+    joint, retrained = rescored["joint"], rescored["multi_perception_log"]
+    assert joint["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
+    assert joint["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
+    assert 0.0 <= retrained["pixel_AUROC"] <= 1.0
+    assert retrained["pixel_AUROC"] != joint["pixel_AUROC"]  # a head of another kind, trained from scratch
+    assert rescore_again(["joint"]) == 2  # already scored: skipped
+
+
+def test_heads_to_retrain_keep_the_resolution_and_the_local_head_has_no_dilated_context() -> None:
+    maps = torch.rand(2, 6, 9, 7)
+    for name, make_head in retrain_dmdd_head.HEADS.items():
+        assert make_head(6).eval()(maps).shape == (2, 1, 9, 7), name
+    assert isinstance(retrain_dmdd_head.local_head(6).context, torch.nn.Identity)
+    head = retrain_dmdd_head.log_input(torch.nn.Identity())
+    torch.testing.assert_close(head(maps + 1e-3), (maps + 1e-3).log())
 
 
 def test_dmdd_default_rescoring_variant_is_the_models_own_map_and_score() -> None:

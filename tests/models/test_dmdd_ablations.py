@@ -1,5 +1,7 @@
 """Dmdd's ablation switches change what they name and nothing else."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,3 +68,20 @@ def test_negative_loss_weight_is_refused() -> None:
 def test_anomalies_anywhere_switch_reaches_the_synthesiser() -> None:
     assert tiny_dmdd().anomalies.on_foreground
     assert not tiny_dmdd(anomaly_on_foreground=False).anomalies.on_foreground
+
+
+def test_checkpoint_from_before_the_head_switch_loads_its_multi_perception_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    old = tiny_dmdd(multi_perception=True).eval()
+    hyper_parameters = {name: value for name, value in old.hparams.items() if name != "multi_perception"}
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"state_dict": old.state_dict(), "hyper_parameters": hyper_parameters, "pytorch-lightning_version": "2.6.0"},
+        path,
+    )
+    reloaded = type(old).load_from_checkpoint(path).eval()
+    assert isinstance(reloaded.model.head, MultiPerceptionHead)
+    assert reloaded.hparams["multi_perception"] is True
+    images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(images).anomaly_map, old.model(images).anomaly_map, rtol=0, atol=0)

@@ -15,7 +15,9 @@ Example:
 
 """
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from anomalib.data import Batch
@@ -26,10 +28,14 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 
 from anomalib_dhkd.components.encoders import default_layers
+from anomalib_dhkd.components.scoring.segmentation import MultiPerceptionHead
 from anomalib_dhkd.components.synthesis import ForegroundAnomalies
 from anomalib_dhkd.models.base import KnowledgeDistillationModule
 from anomalib_dhkd.models.dmdd.loss import DmddLoss
 from anomalib_dhkd.models.dmdd.torch_model import DmddModel
+from anomalib_dhkd.models.network import use_channels_last
+
+logger = logging.getLogger(__name__)
 
 
 class Dmdd(KnowledgeDistillationModule, AnomalibModule):
@@ -121,6 +127,21 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             anomaly_source_path, anomaly_probability, on_foreground=anomaly_on_foreground
         )
         self.loss = DmddLoss(normality_weight, abnormality_weight)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give a checkpoint saved before ``multi_perception`` existed its multi-perception head, before it loads.
+
+        Args:
+            checkpoint: The loaded checkpoint; its hyper-parameters gain ``multi_perception: True``.
+
+        """
+        hyper_parameters = checkpoint.get("hyper_parameters", {})
+        if "multi_perception" not in hyper_parameters and "model.head.stem.0.weight" in checkpoint["state_dict"]:
+            logger.info("Dmdd checkpoint from before the per-position head: its multi-perception head is kept.")
+            self.model.head = use_channels_last(MultiPerceptionHead(self.model.head[0][0].in_channels))
+            hyper_parameters["multi_perception"] = True
+            self.hparams["multi_perception"] = True
+        super().on_load_checkpoint(checkpoint)
 
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return Dmdd's loss and its terms for normal images and their copies with synthetic anomalies."""
