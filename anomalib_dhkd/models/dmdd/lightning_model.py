@@ -138,7 +138,7 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         hyper_parameters = checkpoint.get("hyper_parameters", {})
         if "multi_perception" not in hyper_parameters and "model.head.stem.0.weight" in checkpoint["state_dict"]:
             logger.info("Dmdd checkpoint from before the per-position head: its multi-perception head is kept.")
-            self.model.head = use_channels_last(MultiPerceptionHead(self.model.head[0][0].in_channels))
+            self.model.head = use_channels_last(MultiPerceptionHead(2 * len(self.model.decouplers)))
             hyper_parameters["multi_perception"] = True
             self.hparams["multi_perception"] = True
         super().on_load_checkpoint(checkpoint)
