@@ -4,8 +4,10 @@ Dmdd's head learns from detached discrepancy maps, so a trained student can carr
 checkpoint this script freezes the network, trains every chosen kind of head from scratch on the same batches of
 synthetic anomalies (the model's own synthesiser, loss, optimiser settings and epochs), and evaluates the model's map
 (the head's probabilities times the normality discrepancy) on the test images. ``joint`` is the checkpoint's own
-head, trained together with the student. Train with ``python -m benchmarks.run --models dmdd --keep-checkpoints DIR``,
-then::
+head, trained together with the student. Heads learn from the frozen student in evaluation mode (running batch-norm
+statistics, as at test time); a head named ``..._batch_statistics`` learns from a copy of it in training mode (batch
+statistics of each training batch, as the joint head saw them before), which tells whether that mismatch costs
+accuracy. Train with ``python -m benchmarks.run --models dmdd --keep-checkpoints DIR``, then::
 
     python -m benchmarks.retrain_dmdd_head DIR --out results/retrain_dmdd_head.jsonl
 
@@ -13,6 +15,7 @@ Metrics as in :mod:`benchmarks.rescore`; one JSON line per (checkpoint, head), r
 pass, so a head's figures depend on which other heads are chosen (they share the random number stream).
 """
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,10 +57,12 @@ class LogDiscrepancy(nn.Module):
         return maps.clamp_min(1e-4).log()
 
 
+BATCH_STATISTICS = "_batch_statistics"
 HEADS: dict[str, Callable[[int], nn.Module]] = {
     "multi_perception": MultiPerceptionHead,
     "multi_perception_log": lambda channels: log_input(MultiPerceptionHead(channels)),
     "pixelwise": PixelwiseHead,
+    "pixelwise" + BATCH_STATISTICS: PixelwiseHead,
     "local": local_head,
 }
 VARIANTS = ["joint", *HEADS]
@@ -76,6 +81,8 @@ def train_heads(model: Dmdd, root: str, category: str, names: list[str]) -> dict
         root=root, category=category, train_batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, num_workers=1
     )
     datamodule.setup()
+    # Training mode updates the running statistics: a copy keeps the evaluated network as it was saved.
+    students = {False: network, True: copy.deepcopy(network).train()}
     transform = model.pre_processor.transform
     for _ in trange(model.trainer_arguments["max_epochs"], desc="epochs", leave=False):
         for batch in datamodule.train_dataloader():
@@ -83,9 +90,13 @@ def train_heads(model: Dmdd, root: str, category: str, names: list[str]) -> dict
             with torch.no_grad():
                 augmented, masks = model.synthesize_anomalies(images, model.anomalies)
                 _, teacher = network.paired_teacher_features(images, augmented, masks)
-                maps = network.discrepancy_maps(teacher, *network.decoupled_features(augmented))
+                maps = {
+                    batch_statistics: student.discrepancy_maps(teacher, *student.decoupled_features(augmented))
+                    for batch_statistics, student in students.items()
+                    if any(name.endswith(BATCH_STATISTICS) == batch_statistics for name in heads)
+                }
             for name, head in heads.items():
-                logits = head.train()(maps)
+                logits = head.train()(maps[name.endswith(BATCH_STATISTICS)])
                 loss = segmentation_loss(logits, F.interpolate(masks, size=logits.shape[-2:], mode="bilinear"))
                 optimizers[name].zero_grad()
                 loss.backward()

@@ -148,6 +148,11 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         ),
         "anywhere": Ablation({"anomaly_on_foreground": False}, "synthetic anomalies on the object only"),
         "half_epochs": Ablation({}, "half the training epochs (training time within twice DHKD's)", epochs=10),
+        "head_after_student": Ablation(
+            {"head_epochs": 5},
+            "5 more epochs in which only the head learns, on the finished student's maps (two-stage)",
+            epochs=25,
+        ),
     },
 }
 

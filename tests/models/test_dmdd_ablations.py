@@ -85,3 +85,15 @@ def test_checkpoint_from_before_the_head_switch_loads_its_multi_perception_head(
     images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(images).anomaly_map, old.model(images).anomaly_map, rtol=0, atol=0)
+
+
+def test_head_epochs_end_the_students_training_and_must_leave_it_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_dmdd(max_epochs=4, head_epochs=1)
+    training_student = {}
+    for epoch in range(4):
+        monkeypatch.setattr(type(model), "current_epoch", epoch)
+        training_student[epoch] = model.training_student
+    assert training_student == {0: True, 1: True, 2: True, 3: False}
+    for head_epochs in (-1, 4):
+        with pytest.raises(ValueError, match="head_epochs"):
+            tiny_dmdd(max_epochs=4, head_epochs=head_epochs)

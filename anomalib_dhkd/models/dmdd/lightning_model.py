@@ -66,6 +66,9 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             carried over from synthetic to real anomalies more reliably. Defaults to ``False``.
         learning_rate: Adam learning rate of the student, decouplers and head. Defaults to ``1e-3``.
         max_epochs: Training epochs. Defaults to ``20``.
+        head_epochs: The last epochs of ``max_epochs`` in which only the head learns, on the maps of the finished
+            student in evaluation mode (two-stage training); ``0``: everything learns in every epoch. Defaults to
+            ``0``.
         pre_processor: Pre-processor, or ``True``: resize to 256 px, normalise with the backbone's statistics.
         post_processor: Post-processor instance or flag to use the default. Defaults to ``True``.
         evaluator: Evaluator instance or flag to use the default (image AUROC; pixel AUROC and PRO when testing).
@@ -98,6 +101,7 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
         multi_perception: bool = False,
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
+        head_epochs: int = 0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -112,6 +116,10 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if not 0 <= head_epochs < max_epochs:
+            msg = f"Dmdd's head_epochs must be at least 0 and below max_epochs ({max_epochs}), got {head_epochs}."
+            raise ValueError(msg)
+        self.head_epochs = head_epochs
         layers = list(layers or default_layers(backbone))
         self.model = DmddModel(
             backbone,
@@ -143,7 +151,13 @@ class Dmdd(KnowledgeDistillationModule, AnomalibModule):
             self.hparams["multi_perception"] = True
         super().on_load_checkpoint(checkpoint)
 
+    @property
+    def training_student(self) -> bool:
+        """Whether the student still learns: not in the last ``head_epochs`` epochs, where only the head does."""
+        return self.current_epoch < self.max_epochs - self.head_epochs
+
     def training_losses(self, batch: Batch) -> Mapping[str, torch.Tensor | None]:
         """Return Dmdd's loss and its terms for normal images and their copies with synthetic anomalies."""
         augmented, masks = self.synthesize_anomalies(batch.image, self.anomalies)
-        return self.loss(*self.model(batch.image, augmented=augmented, masks=masks))._asdict()
+        outputs = self.model(batch.image, augmented=augmented, masks=masks, train_student=self.training_student)
+        return self.loss(*outputs)._asdict()

@@ -12,6 +12,8 @@ head that turns both discrepancies into the anomaly map:
     training on (I, I_a, M) pairs from foreground-aware synthesis: NGM + AIM + focal/Dice on M (loss.py)
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -119,6 +121,19 @@ class DmddModel(nn.Module):
             paired.append(augmented_features)
         return normal, paired
 
+    @contextmanager
+    def student_mode(self, training: bool) -> Iterator[None]:
+        """Run the student and decouplers in training mode or not, and restore their modes afterwards."""
+        modules = (self.student, self.decouplers)
+        modes = [module.training for module in modules]
+        for module in modules:
+            module.train(training)
+        try:
+            yield
+        finally:
+            for module, mode in zip(modules, modes, strict=True):
+                module.train(mode)
+
     def decoupled_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Return the student's normality and abnormality features of ``images`` per scale."""
         split = [d(f).chunk(2, dim=1) for d, f in zip(self.decouplers, self.student(images), strict=True)]
@@ -154,15 +169,18 @@ class DmddModel(nn.Module):
         return discrepancies[:, 0::2].mean(dim=1, keepdim=True)
 
     def training_outputs(
-        self, images: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor
+        self, images: torch.Tensor, augmented: torch.Tensor, masks: torch.Tensor, train_student: bool = True
     ) -> DmddTrainingOutput:
         """Return everything the loss needs from normal images, their augmented copies and the anomaly masks.
 
         The head learns from the discrepancy maps of the augmented images without changing the student (detached).
+        With ``train_student=False`` the student and decouplers run as at test time (evaluation mode, no gradients),
+        so that the head adapts to the finished student's maps.
         """
         teacher_normal, teacher_augmented = self.paired_teacher_features(images, augmented, masks)
-        normality_normal, _ = self.decoupled_features(images)
-        normality_augmented, abnormality_augmented = self.decoupled_features(augmented)
+        with torch.set_grad_enabled(train_student), self.student_mode(train_student):
+            normality_normal, _ = self.decoupled_features(images)
+            normality_augmented, abnormality_augmented = self.decoupled_features(augmented)
         maps = self.discrepancy_maps(
             teacher_augmented, [n.detach() for n in normality_augmented], [a.detach() for a in abnormality_augmented]
         )
@@ -177,7 +195,11 @@ class DmddModel(nn.Module):
         )
 
     def forward(
-        self, images: torch.Tensor, augmented: torch.Tensor | None = None, masks: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        augmented: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        train_student: bool = True,
     ) -> DmddTrainingOutput | InferenceBatch:
         """Return the training outputs in training mode, else the smoothed anomaly map and the image score.
 
@@ -189,7 +211,7 @@ class DmddModel(nn.Module):
             if augmented is None or masks is None:
                 msg = "Dmdd trains on pairs: pass the augmented images and their anomaly masks."
                 raise ValueError(msg)
-            return self.training_outputs(images, augmented, masks)
+            return self.training_outputs(images, augmented, masks, train_student)
         if self.segmentation_head:
             probabilities, discrepancies = self.head_maps(images)
             if self.normality_in_map:
