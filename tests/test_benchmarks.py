@@ -432,9 +432,8 @@ def test_every_ablation_builds_its_model() -> None:
                 settings = ablation_settings(model, variant, track, 64, 0)
                 if settings is None:
                     continue
-                options = {**settings.options, "max_epochs": 2} if model != "dhkd" else settings.options
                 built = SUITE_MODELS[model].build(
-                    settings.layers, pre_trained=False, epochs=settings.epochs, image_size=64, options=options
+                    settings.layers, pre_trained=False, epochs=settings.epochs, image_size=64, options=settings.options
                 )
                 assert built.hparams  # the constructor took every option
 
