@@ -82,7 +82,10 @@ def train_heads(model: Dmdd, root: str, category: str, names: list[str]) -> dict
     )
     datamodule.setup()
     # Training mode updates the running statistics: a copy keeps the evaluated network as it was saved.
-    students = {False: network, True: copy.deepcopy(network).train()}
+    students = {
+        batch_statistics: copy.deepcopy(network).train() if batch_statistics else network
+        for batch_statistics in {name.endswith(BATCH_STATISTICS) for name in heads}
+    }
     transform = model.pre_processor.transform
     for _ in trange(model.trainer_arguments["max_epochs"], desc="epochs", leave=False):
         for batch in datamodule.train_dataloader():
@@ -93,7 +96,6 @@ def train_heads(model: Dmdd, root: str, category: str, names: list[str]) -> dict
                 maps = {
                     batch_statistics: student.discrepancy_maps(teacher, *student.decoupled_features(augmented))
                     for batch_statistics, student in students.items()
-                    if any(name.endswith(BATCH_STATISTICS) == batch_statistics for name in heads)
                 }
             for name, head in heads.items():
                 logits = head.train()(maps[name.endswith(BATCH_STATISTICS)])
