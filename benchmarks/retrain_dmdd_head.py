@@ -1,13 +1,13 @@
 """Train new segmentation heads on trained Dmdd students, to compare kinds of head without training the student again.
 
-Dmdd's head learns from detached discrepancy maps, so a trained student can carry other heads. For each kept
-checkpoint this script freezes the network, trains every chosen kind of head from scratch on the same batches of
-synthetic anomalies (the model's own synthesiser, loss, optimiser settings and epochs), and evaluates the model's map
-(the head's probabilities times the normality discrepancy) on the test images. ``joint`` is the checkpoint's own
-head, trained together with the student. Heads learn from the frozen student in evaluation mode (running batch-norm
-statistics, as at test time); a head named ``..._batch_statistics`` learns from a copy of it in training mode (batch
-statistics of each training batch, as the joint head saw them before), which tells whether that mismatch costs
-accuracy. Train with ``python -m benchmarks.run --models dmdd --keep-checkpoints DIR``, then::
+Dmdd's head learns from detached discrepancy maps, so a trained student can carry other heads. For each kept checkpoint
+this script freezes the network, trains every chosen kind of head from scratch on the same batches of synthetic
+anomalies (the model's own synthesiser, loss, optimiser settings and epochs), and evaluates the model's map (the head's
+probabilities times the normality discrepancy) on the test images. ``own`` is the checkpoint's own head, trained with
+the model's schedule. Heads learn from the frozen student in evaluation mode (running batch-norm statistics, as at test
+time); a head named ``..._batch_statistics`` learns from a copy of it in training mode (batch statistics of each
+training batch, as a head trained jointly with the student sees them), which tells whether that mismatch costs accuracy.
+Train with ``python -m benchmarks.run --models dmdd --keep-checkpoints DIR``, then::
 
     python -m benchmarks.retrain_dmdd_head DIR --out results/retrain_dmdd_head.jsonl
 
@@ -65,7 +65,7 @@ HEADS: dict[str, Callable[[int], nn.Module]] = {
     "pixelwise" + BATCH_STATISTICS: PixelwiseHead,
     "local": local_head,
 }
-VARIANTS = ["joint", *HEADS]
+VARIANTS = ["own", *HEADS]
 
 
 def train_heads(model: Dmdd, root: str, category: str, names: list[str]) -> dict[str, nn.Module]:
@@ -112,9 +112,9 @@ def score_heads(path: Path, root: str, category: str, variants: list[str]) -> It
     start = time.perf_counter()
     torch.manual_seed(SEED)
     model = Dmdd.load_from_checkpoint(path, map_location="cpu").eval()
-    heads = train_heads(model, root, category, [name for name in variants if name != "joint"])
-    if "joint" in variants:
-        heads = {"joint": model.model.head, **heads}
+    heads = train_heads(model, root, category, [name for name in variants if name != "own"])
+    if "own" in variants:
+        heads = {"own": model.model.head, **heads}
     cached = cache_outputs(model, root, category, lambda images: model.model.head_maps(images)[1])
     discrepancies = torch.cat(cached.test)
     normality = DmddModel.normality_discrepancy(discrepancies)
@@ -131,7 +131,7 @@ def score_heads(path: Path, root: str, category: str, variants: list[str]) -> It
 def main(argv: list[str] | None = None) -> None:
     """Train every chosen head on every Dmdd checkpoint; print and append one JSON line each."""
     description = __doc__.splitlines()[0]
-    rescore_main(argv, description, "dmdd", VARIANTS, Path("results/retrain_dmdd_head.jsonl"), score_heads, "joint")
+    rescore_main(argv, description, "dmdd", VARIANTS, Path("results/retrain_dmdd_head.jsonl"), score_heads, "own")
 
 
 if __name__ == "__main__":

@@ -261,19 +261,19 @@ def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads
 
 
 @pytest.mark.slow
-def test_new_heads_on_a_kept_dmdd_checkpoint_train_and_the_joint_head_reproduces_its_record(tmp_path: Path) -> None:
+def test_new_heads_on_a_kept_dmdd_checkpoint_train_and_its_own_head_reproduces_its_record(tmp_path: Path) -> None:
     rescored, record, rescore_again = rescored_kept_checkpoint(
-        tmp_path, "dmdd", retrain_dmdd_head.main, ["joint", "multi_perception_log", "pixelwise_batch_statistics"]
+        tmp_path, "dmdd", retrain_dmdd_head.main, ["own", "multi_perception_log", "pixelwise_batch_statistics"]
     )
-    joint, retrained = rescored["joint"], rescored["multi_perception_log"]
+    own, retrained = rescored["own"], rescored["multi_perception_log"]
     # The batch-statistics head trains on a copy of the student in training mode: the evaluated network keeps the
-    # running statistics it was saved with, so the joint head still reproduces the record.
-    assert joint["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
-    assert joint["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
+    # running statistics it was saved with, so its own head still reproduces the record.
+    assert own["pixel_AUROC"] == pytest.approx(record["pixel_AUROC"], abs=5e-3)
+    assert own["pixel_AUPRO"] == pytest.approx(record["pixel_AUPRO"], abs=5e-3)
     assert 0.0 <= retrained["pixel_AUROC"] <= 1.0
-    assert retrained["pixel_AUROC"] != joint["pixel_AUROC"]  # a head of another kind, trained from scratch
+    assert retrained["pixel_AUROC"] != own["pixel_AUROC"]  # a head of another kind, trained from scratch
     assert 0.0 <= rescored["pixelwise_batch_statistics"]["pixel_AUROC"] <= 1.0
-    assert rescore_again(["joint"]) == 3  # already scored: skipped
+    assert rescore_again(["own"]) == 3  # already scored: skipped
 
 
 def test_heads_to_retrain_keep_the_resolution_and_the_local_head_has_no_dilated_context() -> None:
@@ -417,6 +417,13 @@ def test_ablation_plan_runs_each_variant_where_it_changes_the_configuration() ->
     assert layers["dhkd+no_coherence"] == ("blocks.1", "blocks.2", "blocks.4")
     epochs = {run_.configuration: run_.settings.epochs for run_ in runs if run_.track == "pretrained"}
     assert epochs["dmdd+half_epochs"] == epochs["dmdd+no_aim"] // 2
+    suite_dmdd = run_settings("dmdd", "pretrained", 256, 0, quick=False)
+    joint = next(
+        run_.settings for run_ in runs if (run_.configuration, run_.track) == ("dmdd+joint_only", "pretrained")
+    )
+    # joint training only: the suite's schedule without its head-only epochs
+    assert joint.options["head_epochs"] == 0 < suite_dmdd.options["head_epochs"]
+    assert joint.epochs == suite_dmdd.epochs - suite_dmdd.options["head_epochs"]
     bikd = {run_.configuration for run_ in runs if run_.model == "bikd" and run_.track == "pretrained"}
     assert bikd == {f"bikd+{name}" for name in ABLATIONS["bikd"]}
     only = run.parse_args(["--ablations", "--models", "bikd", "--variants", "no_exchange", "--datasets", "bottle"])

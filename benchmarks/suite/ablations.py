@@ -147,11 +147,13 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"multi_perception": True}, "a per-position head against the paper's multi-perception head"
         ),
         "anywhere": Ablation({"anomaly_on_foreground": False}, "synthetic anomalies on the object only"),
-        "half_epochs": Ablation({}, "half the training epochs (training time within twice DHKD's)", epochs=10),
-        "head_after_student": Ablation(
-            {"head_epochs": 5},
-            "5 more epochs in which only the head learns, on the finished student's maps (two-stage)",
-            epochs=25,
+        "half_epochs": Ablation(
+            {"head_epochs": 2}, "half the training epochs (training time within twice DHKD's)", epochs=12
+        ),
+        "joint_only": Ablation(
+            {"head_epochs": 0},
+            "the 5 last epochs in which only the head learns, on the finished student's maps (two-stage)",
+            epochs=20,
         ),
     },
 }

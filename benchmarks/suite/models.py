@@ -156,6 +156,14 @@ def dhkd_options(track: str, quick: bool) -> dict[str, Any]:
     return family_options(Dhkd, **preset, **schedule)
 
 
+def dmdd_options(track: str, quick: bool) -> dict[str, Any]:
+    """Dmdd's defaults with its schedule spelled out: 20 epochs of student and head, then 5 of the head alone.
+
+    ``--quick`` trains one epoch, in which student and head train together.
+    """
+    return family_options(Dmdd, head_epochs=0 if quick else DMDD_HEAD_EPOCHS)
+
+
 def _to_json(value: Any) -> Any:
     """Dataclasses as dictionaries, tuples as lists."""
     if dataclasses.is_dataclass(value):
@@ -173,23 +181,26 @@ def _from_json(model_class: type[AnomalibModule], name: str, value: Any) -> Any:
 
 # DHKD: 8 epochs, 4 training the teacher alone, then 4 training the student against the frozen teacher.
 DHKD_WARMUP_EPOCHS = 4
+# Dmdd: 25 epochs, the last 5 training its segmentation head alone on the finished student's maps (Dmdd.head_epochs).
+DMDD_HEAD_EPOCHS = 5
 
 # Training epochs on 2 CPU cores. PaDiM and PatchCore fit statistics in one pass (anomalib fixes 1). CFlow takes an
 # optimiser step per 64 feature vectors (about 12 min per epoch on bottle at 256 px). Feature layers are the
 # tf_efficientnet_lite0 equivalents (same stride) of anomalib's defaults among the layers timm exposes (blocks.0/1/2/4/6
-# at strides 2/4/8/16/32); CFlow's layer2-4 would be blocks.2/4/6, whose 320 channels doubled its training time.
-# The "_b3" configurations reach the real blocks.3 (80 channels, stride 16) through the FX path, which PaDiM and
-# PatchCore use at their best. PaDiM keeps 100 random channels (anomalib's choice for resnet18); PatchCore a 1 % coreset
-# (greedy selection of 10 % took about 60 min on bottle on the 2 cores; the PatchCore paper evaluates 1 % too).
-# anomalib's ReverseDistillation decodes ResNets only and no ResNet weights are available offline, so it runs without
-# weights. STFPM trains its student for 20 epochs (117 s on the 28 images of the hazelnut toy set); the family's
-# AsymmetricTs, Bikd and Dmdd, whose students are trained the same way, as many, on the same layers. DRAEM has no
-# pretrained encoder; its anomaly source is scikit-image's texture photographs (DTD cannot be downloaded). It needs a
-# GPU: on the 2 CPU cores one run of 4 epochs on the hazelnut toy set at 256 px had not finished after 20 minutes
-# (8.4 GB). SuperSimpleNet (layer2/layer3 of its default: blocks.2/blocks.4) and GLASS (the same layers, the texture
-# photographs as anomaly source) need a GPU too: one epoch on the hazelnut toy set at 256 px took 36 s and 192 s on
-# the 2 CPU cores (beside another run), so 20 epochs on bottle would take hours; SuperSimpleNet fails at 64 px, so
-# --quick runs it at 128 px. The no-pretraining track runs the family and the peers that can run without weights.
+# at strides 2/4/8/16/32); CFlow's layer2-4 would be blocks.2/4/6, whose 320 channels doubled its training time. The
+# "_b3" configurations reach the real blocks.3 (80 channels, stride 16) through the FX path, which PaDiM and PatchCore
+# use at their best. PaDiM keeps 100 random channels (anomalib's choice for resnet18); PatchCore a 1 % coreset (greedy
+# selection of 10 % took about 60 min on bottle on the 2 cores; the PatchCore paper evaluates 1 % too). anomalib's
+# ReverseDistillation decodes ResNets only and no ResNet weights are available offline, so it runs without weights.
+# STFPM trains its student for 20 epochs (117 s on the 28 images of the hazelnut toy set); the family's AsymmetricTs,
+# Bikd and Dmdd, whose students are trained the same way, as many, on the same layers (Dmdd then trains its segmentation
+# head alone for 5 more epochs). DRAEM has no pretrained encoder; its anomaly source is scikit-image's texture
+# photographs (DTD cannot be downloaded). It needs a GPU: on the 2 CPU cores one run of 4 epochs on the hazelnut toy set
+# at 256 px had not finished after 20 minutes (8.4 GB). SuperSimpleNet (layer2/layer3 of its default: blocks.2/blocks.4)
+# and GLASS (the same layers, the texture photographs as anomaly source) need a GPU too: one epoch on the hazelnut toy
+# set at 256 px took 36 s and 192 s on the 2 CPU cores (beside another run), so 20 epochs on bottle would take hours;
+# SuperSimpleNet fails at 64 px, so --quick runs it at 128 px. The no-pretraining track runs the family and the peers
+# that can run without weights.
 SUITE_MODELS: dict[str, SuiteModel] = {
     "dhkd": SuiteModel(
         Dhkd,
@@ -211,9 +222,9 @@ SUITE_MODELS: dict[str, SuiteModel] = {
     ),
     "dmdd": SuiteModel(
         Dmdd,
-        epochs=20,
+        epochs=25,
         layers=("blocks.1", "blocks.2", "blocks.4"),
-        options=lambda track, quick: family_options(Dmdd),
+        options=dmdd_options,
     ),
     "padim": SuiteModel(Padim, epochs=1, layers=("blocks.1", "blocks.2", "blocks.4"), options={"n_features": 100}),
     "padim_b3": SuiteModel(

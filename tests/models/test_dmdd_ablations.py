@@ -97,3 +97,10 @@ def test_head_epochs_end_the_students_training_and_must_leave_it_epochs(monkeypa
     for head_epochs in (-1, 4):
         with pytest.raises(ValueError, match="head_epochs"):
             tiny_dmdd(max_epochs=4, head_epochs=head_epochs)
+
+
+def test_default_head_epochs_are_a_fifth_of_the_budget_and_none_for_short_runs() -> None:
+    assert tiny_dmdd(max_epochs=25).head_epochs == 5
+    assert tiny_dmdd(max_epochs=12).head_epochs == 2
+    # below five epochs the default trains student and head together in every epoch, so short runs still work
+    assert tiny_dmdd(max_epochs=4).head_epochs == 0
