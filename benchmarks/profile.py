@@ -23,7 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
+from anomalib.models.components import AnomalibModule
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -32,7 +32,7 @@ from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 from benchmarks.suite.ablations import ABLATIONS, VARIANT_SEPARATOR, ablation_settings, variant_name
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.settings import RunSettings, run_settings
-from benchmarks.suite.worker import TORCH_THREADS, build_model
+from benchmarks.suite.worker import TORCH_THREADS, build_model, inference_encoders
 
 TOP_OPERATIONS = 12
 
@@ -89,7 +89,7 @@ def profile_model(model: AnomalibModule, batch_size: int, image_size: int, round
     """Time ``model``'s torch model per sub-module and list its costliest operations."""
     network = model.model.eval()
     images = torch.rand(batch_size, 3, image_size, image_size)
-    encoders = [m for m in network.modules() if isinstance(m, TimmFeatureExtractor)]
+    encoders = inference_encoders(network)
     with torch.inference_mode():
         for _ in range(3):
             network(images)

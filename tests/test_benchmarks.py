@@ -26,7 +26,7 @@ from anomalib_dhkd.models.dhkd.config import resolve
 from anomalib_dhkd.models.dhkd.loss import DhkdLossWeights
 from anomalib_dhkd.models.dhkd.presets import PRETRAINED_ENCODER_PRESET, RANDOM_ENCODER_PRESET
 from anomalib_dhkd.models.dhkd.torch_model import DhkdModel
-from benchmarks import rescore, rescore_dmdd, retrain_dmdd_head
+from benchmarks import rescore, rescore_dmdd, retime, retrain_dmdd_head
 from benchmarks.run import failure_message, stream_worker
 from benchmarks.suite.hardest import defect_type_metrics, hardest_indices, outranked_by
 from benchmarks.suite.models import DHKD_WARMUP_EPOCHS, SUITE_MODELS
@@ -313,6 +313,26 @@ def test_finished_runs_are_skipped_and_other_seeds_or_settings_run(
     assert seeds == {0, 1}
     assert "padim | " in (out / "RESULTS.md").read_text()
     assert " ± " in (out / "RESULTS.md").read_text()  # two seeds of padim: mean ± std
+
+
+def test_retiming_replaces_only_the_throughput_of_the_chosen_models_records(
+    quick_suite: tuple[Path, str], tmp_path: Path
+) -> None:
+    records = tmp_path / "records"
+    shutil.copytree(quick_suite[0] / "records", records)
+    before = {record["model"]: record for record in load_records(records)}
+    assert retime.retime(records, ["asymmetric_ts"], seconds=0.1) == 1
+    after = {record["model"]: record for record in load_records(records)}
+    throughput_fields = {name for name in MEASUREMENTS if "images_per_second" in name}
+    assert len(throughput_fields) == 4
+    retimed = after.pop("asymmetric_ts")
+    kept = {name: value for name, value in before.pop("asymmetric_ts").items() if name not in throughput_fields}
+    assert {name: retimed[name] for name in kept} == kept  # metrics, settings, environment of the run unchanged
+    assert all(retimed[name] > 0 for name in throughput_fields)
+    assert "date" in retimed["throughput_environment"]
+    assert after == before
+    with pytest.raises(SystemExit, match="no ok record"):
+        retime.main(["--models", "asymmetric_ts", "--records", str(tmp_path / "empty")])
 
 
 def test_a_record_without_a_newer_option_stays_current_but_another_value_does_not(tmp_path: Path) -> None:

@@ -22,8 +22,10 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule, TimmFeatureExtractor
 from lightning.pytorch import seed_everything
+from torch import nn
 from torch.optim import Optimizer
 
+from anomalib_dhkd.components.teachers import EmaNormalizedEncoder
 from anomalib_dhkd.models import OFFLINE_BACKBONE
 from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 from benchmarks.measure import interleaved_images_per_second, peak_rss_mb
@@ -59,15 +61,26 @@ def optimised_parameters(optimizers: list[Optimizer]) -> int:
     return sum(p.numel() for p in parameters.values())
 
 
+def inference_encoders(model: nn.Module) -> list[nn.Module]:
+    """The feature extractors of an evaluation-mode ``model`` as its inference runs them.
+
+    An EMAN teacher (AsymmetricTs) runs a copy with its BatchNorms folded; the family's other encoders are folded
+    when built, anomalib's are not.
+    """
+    folded = [module.folded_encoder() for module in model.modules() if isinstance(module, EmaNormalizedEncoder)]
+    return folded or [module for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
+
+
 def throughput(model: AnomalibModule, image_size: int, seconds: float) -> dict[str, float | None]:
     """Images/s of the full forward (pre- to post-processing) at batch 1 and 16, beside the bare encoder's.
 
-    The encoder is the model's (first) feature extractor on the same layers, the floor of any model on it; the two
-    are timed in interleaved rounds on the same random images, medians. ``None`` for a model without an encoder.
+    The encoder is the model's (first) feature extractor on the same layers as its inference runs it
+    (:func:`inference_encoders`), the floor of any model on it; the two are timed in interleaved rounds on the same
+    random images, medians. ``None`` for a model without an encoder.
     """
-    encoders = [module for module in model.modules() if isinstance(module, TimmFeatureExtractor)]
     device = next(model.parameters()).device
     model.eval()
+    encoders = inference_encoders(model)
     result: dict[str, float | None] = {}
     with torch.inference_mode():
         for batch_size in (1, 16):

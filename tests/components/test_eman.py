@@ -1,8 +1,11 @@
 """EMAN teacher: running statistics follow the training images by the momentum rule, without gradients."""
 
+import io
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from anomalib_dhkd.components.encoders import build_encoder
 from anomalib_dhkd.components.teachers import EmaNormalizedEncoder
@@ -61,6 +64,41 @@ def test_timm_batch_norm_act_layers_become_eman_layers() -> None:
     before = stem_norm.running_mean.clone()
     teacher(torch.rand(2, 3, 32, 32))
     assert not torch.equal(stem_norm.running_mean, before)
+
+
+def test_inference_runs_a_folded_copy_that_follows_the_statistics() -> None:
+    encoder = build_encoder("tf_efficientnet_lite0", ["blocks.1", "blocks.2"], pre_trained=False, fold_norms=False)
+    teacher = EmaNormalizedEncoder(encoder, momentum=0.5)
+    images = torch.rand(2, 3, 64, 64)
+    folded_copies = []
+    for _ in range(2):
+        teacher.train()(torch.rand(4, 3, 64, 64))  # the statistics move: the copy must follow
+        teacher.eval()
+        folded_copies.append(teacher.folded_encoder())
+        assert not any(isinstance(module, _BatchNorm) for module in folded_copies[-1].modules())
+        unfolded = encoder(images)  # the encoder itself, BatchNorms with the running statistics
+        for name, features in teacher(images).items():
+            torch.testing.assert_close(features, unfolded[name], rtol=1e-4, atol=1e-5)
+    assert folded_copies[0] is not folded_copies[1]
+    assert teacher.state_dict().keys() == {f"encoder.{name}" for name in encoder.state_dict()}
+
+
+def test_loading_statistics_or_pickling_rebuilds_the_folded_copy() -> None:
+    teacher = EmaNormalizedEncoder(small_encoder(), momentum=0.5).eval()
+    images = torch.rand(2, 3, 10, 10)
+    trained = EmaNormalizedEncoder(small_encoder(), momentum=0.5).train()
+    trained(torch.rand(4, 3, 10, 10))
+    stale = teacher(images)
+    teacher.load_state_dict(trained.state_dict())
+    expected = trained.eval()(images)
+    assert not torch.allclose(stale, expected)
+    torch.testing.assert_close(teacher(images), expected, rtol=0, atol=0)
+    buffer = io.BytesIO()
+    torch.save(teacher, buffer)  # anomalib's torch export pickles the whole model
+    buffer.seek(0)
+    reloaded = torch.load(buffer, weights_only=False)
+    assert reloaded._inference_cache == {}
+    torch.testing.assert_close(reloaded(images), expected, rtol=0, atol=0)
 
 
 def test_momentum_and_batch_norm_are_checked() -> None:

@@ -9,7 +9,7 @@ from anomalib_dhkd.components.encoders.feature_extractor import (
     feature_layers,
     without_unused_blocks,
 )
-from anomalib_dhkd.components.encoders.folding import fold_batch_norms
+from anomalib_dhkd.components.encoders.folding import fold_batch_norms, fold_network_batch_norms
 
 __all__ = [
     "OneClassBottleneck",
@@ -20,6 +20,7 @@ __all__ = [
     "encoder_layer_names",
     "feature_layers",
     "fold_batch_norms",
+    "fold_network_batch_norms",
     "stride_exponents",
     "without_unused_blocks",
 ]

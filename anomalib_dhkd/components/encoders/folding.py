@@ -68,10 +68,43 @@ def _after_norm(norm: nn.BatchNorm2d) -> nn.Module:
     return nn.Identity()
 
 
+def fold_network_batch_norms(network: nn.Module) -> list[tuple[str, str, float]]:
+    """Fold every BatchNorm of ``network`` that follows a convolution into it, in place.
+
+    Args:
+        network: Module whose ``forward`` ``torch.fx`` can trace; its BatchNorm statistics can no longer change.
+
+    Returns:
+        ``(convolution, batch norm, eps)`` of each folded pair, named in ``network``.
+
+    Example:
+        >>> network = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> fold_network_batch_norms(network.eval())
+        [('0', '1', 1e-05)]
+        >>> network
+        Sequential(
+          (0): Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))
+          (1): Identity()
+          (2): ReLU()
+        )
+
+    """
+    folded = []
+    for convolution_name, norm_name in convolution_norm_pairs(network):
+        convolution, norm = network.get_submodule(convolution_name), network.get_submodule(norm_name)
+        weight, bias = fuse_conv_bn_weights(
+            convolution.weight, convolution.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+        )
+        convolution.weight, convolution.bias = weight, bias
+        network.set_submodule(norm_name, _after_norm(norm))
+        folded.append((convolution_name, norm_name, norm.eps))
+    return folded
+
+
 def fold_batch_norms(encoder: nn.Module, network_name: str = "feature_extractor") -> nn.Module:
     """Fold every BatchNorm of ``encoder.<network_name>`` that follows a convolution into it, in place.
 
-    Only for frozen encoders: the folded BatchNorm statistics can no longer change.
+    Only for frozen encoders: the folded BatchNorm statistics can no longer change. Unfolded checkpoints still load.
 
     Args:
         encoder: A frozen encoder, e.g. from :func:`~anomalib_dhkd.components.encoders.build_encoder`.
@@ -88,18 +121,11 @@ def fold_batch_norms(encoder: nn.Module, network_name: str = "feature_extractor"
         False
 
     """
-    network = getattr(encoder, network_name)
-    folded = []
-    for convolution_name, norm_name in convolution_norm_pairs(network):
-        convolution, norm = network.get_submodule(convolution_name), network.get_submodule(norm_name)
-        weight, bias = fuse_conv_bn_weights(
-            convolution.weight, convolution.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-        )
-        convolution.weight, convolution.bias = weight, bias
-        network.set_submodule(norm_name, _after_norm(norm))
-        folded.append((f"{network_name}.{convolution_name}", f"{network_name}.{norm_name}", norm.eps))
+    folded = fold_network_batch_norms(getattr(encoder, network_name))
     encoder.requires_grad_(False)
-    encoder.folded_batch_norms = folded
+    encoder.folded_batch_norms = [
+        (f"{network_name}.{convolution}", f"{network_name}.{norm}", eps) for convolution, norm, eps in folded
+    ]
     encoder.register_load_state_dict_pre_hook(_fold_loaded_batch_norms)
     return encoder
 

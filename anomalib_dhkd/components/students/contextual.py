@@ -64,11 +64,14 @@ def neighbourhood_sum(values: torch.Tensor, weights: torch.Tensor, kernel_size: 
     radius = kernel_size // 2
     height, width = values.shape[-2:]
     padded = F.pad(values, (radius, radius, radius, radius))
-    total = torch.zeros_like(values)
+    centre = radius * kernel_size + radius
+    total = weights[:, :, centre : centre + 1] * values  # the centre needs no shift: no zero-filled start
     for index in range(kernel_size * kernel_size):
+        if index == centre:
+            continue
         row, column = divmod(index, kernel_size)
         shifted = padded[..., row : row + height, column : column + width]
-        total = total + weights[:, :, index : index + 1] * shifted
+        total = total.addcmul_(weights[:, :, index : index + 1], shifted)  # in place: one tensor, not two per step
     return total
 
 

@@ -10,11 +10,21 @@ Our reading for a frozen ImageNet teacher: its weights never train; every BatchN
 statistics only (it stays in evaluation mode), and while the model trains those statistics move from ImageNet's
 towards the category's normal images by ``running = momentum * running + (1 - momentum) * batch``. With several
 processes each updates its own statistics from its own batches.
+
+Out of training the statistics are fixed, so inference runs a copy of the encoder with every BatchNorm folded into
+the convolution before it (:func:`~anomalib_dhkd.components.encoders.fold_network_batch_norms`): the same features
+to float rounding, faster, and what export traces. The copy is rebuilt whenever the statistics may have changed and
+is never part of the state dict, so checkpoints keep the unfolded layers whose statistics EMAN moves.
 """
+
+import copy
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from anomalib_dhkd.components.encoders.folding import fold_network_batch_norms
 
 
 class EmaNormalizedEncoder(nn.Module):
@@ -51,6 +61,8 @@ class EmaNormalizedEncoder(nn.Module):
         for norm in norms:
             norm.register_forward_pre_hook(self._follow_batch_statistics)
         self.encoder.eval()
+        self._inference_cache: dict[str, nn.Module] = {}  # a plain dict: the folded copy stays out of the state dict
+        self.register_load_state_dict_post_hook(_forget_folded_encoder)
 
     def train(self, mode: bool = True) -> "EmaNormalizedEncoder":
         """Set the update mode; the encoder itself always normalises with its running statistics.
@@ -64,13 +76,41 @@ class EmaNormalizedEncoder(nn.Module):
         """
         super().train(mode)
         self.encoder.eval()
+        if not mode:
+            self.folded_encoder()  # built now, not inside an export's trace
         return self
+
+    def folded_encoder(self) -> nn.Module:
+        """Return the encoder with its BatchNorms folded for the current statistics (built once per change).
+
+        anomalib's ``TimmFeatureExtractor`` is traced through its ``feature_extractor`` network; any other encoder
+        is traced whole.
+        """
+        if "folded" not in self._inference_cache:
+            with torch.inference_mode(mode=False), torch.no_grad():  # plain tensors even when built in a test loop
+                folded = copy.deepcopy(self.encoder, memo={id(self): self})  # the EMAN hooks refer to this module
+                fold_network_batch_norms(getattr(folded, "feature_extractor", folded))
+            self._inference_cache["folded"] = folded
+        return self._inference_cache["folded"]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "EmaNormalizedEncoder":
+        """Move or convert the folded copy with the encoder (``to``, ``half``, memory formats)."""
+        super()._apply(fn, recurse)
+        for folded in self._inference_cache.values():
+            folded._apply(fn, recurse)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the folded copy (anomalib's torch export); it is rebuilt on the first inference."""
+        state = super().__getstate__()
+        return {**state, "_inference_cache": {}}
 
     @torch.no_grad()
     def _follow_batch_statistics(self, norm: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
         """Move ``norm``'s running statistics towards those of its input batch (training mode only)."""
         if not self.training or norm.running_mean is None or norm.running_var is None:
             return
+        self._inference_cache.clear()
         features = inputs[0].transpose(0, 1).flatten(1)  # (C, N * H * W)
         weight = 1 - self.momentum
         norm.running_mean.lerp_(features.mean(dim=1), weight)
@@ -78,6 +118,8 @@ class EmaNormalizedEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         """Return the features of ``images`` without gradients, normalised with the (just updated) running statistics.
+
+        Out of training the folded copy computes them.
 
         Args:
             images: Pre-processed images ``(N, 3, H, W)``.
@@ -87,8 +129,13 @@ class EmaNormalizedEncoder(nn.Module):
 
         """
         with torch.no_grad():
-            return self.encoder(images)
+            return self.encoder(images) if self.training else self.folded_encoder()(images)
 
     def extra_repr(self) -> str:
         """Show the momentum."""
         return f"momentum={self.momentum}"
+
+
+def _forget_folded_encoder(teacher: EmaNormalizedEncoder, _incompatible_keys: object) -> None:
+    """Load-state-dict post-hook: loaded statistics invalidate the folded copy."""
+    teacher._inference_cache.clear()
