@@ -290,7 +290,7 @@ def current_records(records: list[dict[str, Any]], quick: bool) -> list[dict[str
         elif variant in ABLATIONS.get(model, {}):
             settings = ablation_settings(model, variant, record["track"], size, seed)
             defaults = run_settings(model, record["track"], size, seed, quick=False).options
-        if settings is not None and same_settings(record["settings"], settings.to_dict(), defaults):
+        if settings is not None and same_settings(record["settings"], settings.to_dict(), defaults, model):
             kept.append(record)
     if len(kept) < len(records):
         print(f"{len(records) - len(kept)} record(s) measured with other settings than today's left out of the report")

@@ -368,6 +368,21 @@ def test_a_setting_added_to_a_group_at_its_default_keeps_older_records_current(t
     assert finished_run(tmp_path, switched_on, defaults) is None
 
 
+def test_a_record_without_an_option_that_changed_the_model_is_not_current(tmp_path: Path) -> None:
+    from benchmarks.run import current_records
+    from benchmarks.suite.records import finished_run
+
+    current = synthetic_record("asymmetric_ts", "toy/cat", 0, 0.9)
+    defaults = current["settings"]["options"]
+    assert defaults["student"]["linear_output"] is True
+    older = json.loads(json.dumps(current))
+    del older["settings"]["options"]["student"]["linear_output"]  # measured with the first version's ReLU output
+    save_record(tmp_path, older)
+    assert finished_run(tmp_path, current, defaults) is None
+    assert current_records([older], quick=True) == []
+    assert current_records([current], quick=True) == [current]
+
+
 def test_the_report_leaves_out_records_measured_with_older_settings(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.run import current_records
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite.records import REPO_ROOT
+from benchmarks.suite.records import REPO_ROOT, VARIANT_SEPARATOR
 from benchmarks.suite.report import QUALITY, grouped, header_lines, mean_cell, ordered
 from benchmarks.suite.settings import TRACKS, RunSettings, run_settings
 
 ABLATION_RECORDS_DIR = REPO_ROOT / "benchmarks" / "ablations"
 ABLATION_REPORT = REPO_ROOT / "benchmarks" / "ABLATIONS.md"
-VARIANT_SEPARATOR = "+"
 PRETRAINED_ONLY = ("pretrained",)
 
 

@@ -20,6 +20,12 @@ from benchmarks.suite.settings import MEASUREMENTS, RunSettings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORDS_DIR = REPO_ROOT / "benchmarks" / "records"
 MAPS_DIR = "maps"
+VARIANT_SEPARATOR = "+"  # between a model and its ablation variant in record names
+# Options added with a default that changed the model, unlike a switch added at the old behaviour: a record without
+# the option was measured with the value given here, so it is no longer current.
+MEASURED_WITHOUT_OPTION: dict[str, dict[str, Any]] = {
+    "asymmetric_ts": {"student": {"linear_output": False}},  # the student's linear output became the default
+}
 PACKAGES = ("torch", "torchvision", "anomalib", "timm", "lightning", "openvino", "anomalib-dhkd")
 
 
@@ -85,7 +91,8 @@ def finished_run(
     if not path.is_file():
         return None
     earlier = json.loads(path.read_text())
-    current = earlier["status"] == "ok" and same_settings(earlier["settings"], record["settings"], defaults)
+    model = record["model"].partition(VARIANT_SEPARATOR)[0]
+    current = earlier["status"] == "ok" and same_settings(earlier["settings"], record["settings"], defaults, model)
     return earlier if current else None
 
 
@@ -104,18 +111,25 @@ def with_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str
     return completed
 
 
-def same_settings(earlier: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
+def same_settings(
+    earlier: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any] | None = None, model: str = ""
+) -> bool:
     """Whether a record's ``earlier`` settings are ``settings``, options it lacks counting as in ``defaults``.
 
     An option added to a settings group after the record was made (a new scoring setting at its default) counts as
-    measured at its default.
+    measured at its default, unless :data:`MEASURED_WITHOUT_OPTION` gives ``model``'s earlier value.
 
     Example:
         >>> same_settings({"seed": 0, "options": {}}, {"seed": 0, "options": {"a": 1}}, {"a": 1})
         True
+        >>> earlier = {"options": {"student": {"blocks": 1}}}
+        >>> today = {"student": {"blocks": 1, "linear_output": True}}
+        >>> same_settings(earlier, {"options": today}, today, "asymmetric_ts")
+        False
 
     """
-    return {**earlier, "options": with_defaults(earlier["options"], defaults or {})} == settings
+    options = with_defaults(earlier["options"], MEASURED_WITHOUT_OPTION.get(model, {}))
+    return {**earlier, "options": with_defaults(options, defaults or {})} == settings
 
 
 def package_version(name: str) -> str | None:
