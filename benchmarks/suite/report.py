@@ -154,7 +154,9 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
         "Every run trains and tests through anomalib's `Engine` with the same data, image size, seeds and batch size, "
         "scored by `anomalib_dhkd.models.evaluation.default_evaluator()` (PRO = anomalib's AUPRO up to FPR 0.3) "
         "after anomalib's post-processor. Cells: mean ± standard deviation over seeds; **bold**: ahead of the next "
-        "configuration by more than their pooled standard deviation. images/s: torch eager, 2 threads, full forward.",
+        "configuration by more than their pooled standard deviation. images/s: torch eager, 2 threads, full forward; "
+        "x encoder: against the model's encoder alone as its inference runs it, timed interleaved (records re-timed "
+        "after a change of speed only, `python -m benchmarks.retime`, say so in `throughput_environment`).",
     ]
 
 
