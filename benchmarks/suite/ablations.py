@@ -110,6 +110,12 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "standardized_map": Ablation(
             {"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION, PRETRAINED_ONLY
         ),
+        "product_fusion": Ablation(
+            {"scoring": {"map_fusion": "product"}}, "the scales' maps multiplied, as in STFPM, instead of averaged"
+        ),
+        "scaled_map_layers": Ablation(
+            {"scoring": {"scale_map_layers": True}}, "each scale's map weighted by its spread on normal images"
+        ),
     },
     "bikd": {
         "forward_only": Ablation(

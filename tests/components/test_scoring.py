@@ -185,6 +185,21 @@ def test_image_score_is_the_top_fraction_mean_of_the_score_map() -> None:
     assert not torch.allclose(map_score, score)
 
 
+def test_product_fusion_keeps_only_what_every_scale_sees() -> None:
+    maps = [torch.full((1, 1, 8, 8), 0.5), torch.full((1, 1, 4, 4), 0.5)]
+    maps[0][..., 0:2, 0:2] = 4.0  # a spot only the shallow scale sees
+    maps[0][..., 4:8, 4:8] = 2.0  # a region both scales see
+    maps[1][..., 2:4, 2:4] = 2.0
+    mean_map, _ = MapFusion(sigma=0)(maps, None, (8, 8))
+    product_map, product_score = MapFusion(sigma=0, layer_fusion="product")(maps, None, (8, 8))
+    assert mean_map[..., 0, 0] > mean_map[..., 7, 7]  # the mean ranks the one-scale spot first
+    assert product_map[..., 0, 0] < product_map[..., 7, 7]  # the product ranks the region both scales see first
+    torch.testing.assert_close(product_map[..., 7, 7], torch.tensor([[4.0]]))
+    torch.testing.assert_close(product_score, top_fraction_mean(product_map, 0.01))
+    with pytest.raises(ValueError, match="map_fusion"):
+        MapFusion(layer_fusion="max")
+
+
 def test_top_fraction_mean_averages_the_highest_values() -> None:
     maps = torch.arange(16.0).reshape(1, 1, 4, 4)
     torch.testing.assert_close(top_fraction_mean(maps, 0.25), torch.tensor([13.5]))

@@ -8,7 +8,7 @@ the calibrated coherence of the discrepancy to the map and :class:`ImageScoreFus
 to the score; both are the identity until fitted, so checkpoints saved without them load and score as before.
 """
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -17,6 +17,10 @@ from torch import nn
 from anomalib_dhkd.components.scoring.global_statistics import GaussianDistance, channel_statistics
 from anomalib_dhkd.components.scoring.position_statistics import mean_and_std
 from anomalib_dhkd.components.scoring.smoothing import GaussianBlur
+
+LayerFusion = Literal["mean", "product"]
+"""How per-layer maps become one: their mean, or their product as in STFPM (Wang et al., 2021, Sec. 3.3)."""
+LAYER_FUSIONS = get_args(LayerFusion)
 
 
 def top_fraction_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -59,31 +63,44 @@ class MapFusion(nn.Module):
         sigma: Standard deviation of the Gaussian smoothing of the anomaly map in pixels; ``0`` disables smoothing.
         score_fraction: Share of the score map's highest values averaged into the image score, in ``(0, 1]``.
         score_sigma: Smoothing of the map the image score is taken from; ``None``: ``sigma``.
+        layer_fusion: ``"mean"`` of the upsampled per-scale maps, or their ``"product"`` (STFPM, Sec. 3.3), which
+            keeps only what every scale sees.
 
     Raises:
-        ValueError: If ``score_fraction`` is outside ``(0, 1]``.
+        ValueError: If ``score_fraction`` is outside ``(0, 1]`` or ``layer_fusion`` is unknown.
 
     Example:
         >>> fusion = MapFusion(sigma=0.0)
         >>> anomaly_map, score = fusion([torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 8, 8)], None, (16, 16))
         >>> anomaly_map.shape, score
         (torch.Size([2, 1, 16, 16]), tensor([0.5000, 0.5000]))
+        >>> MapFusion(sigma=0.0, layer_fusion="product")([torch.full((1, 1, 2, 2), 3.0)] * 2, None, (4, 4))[1]
+        tensor([9.])
 
     """
 
-    def __init__(self, sigma: float = 4.0, score_fraction: float = 0.01, score_sigma: float | None = None) -> None:
+    def __init__(
+        self,
+        sigma: float = 4.0,
+        score_fraction: float = 0.01,
+        score_sigma: float | None = None,
+        layer_fusion: LayerFusion = "mean",
+    ) -> None:
         super().__init__()
         if not 0 < score_fraction <= 1:
             msg = f"score_fraction must be in (0, 1], got {score_fraction}."
+            raise ValueError(msg)
+        if layer_fusion not in LAYER_FUSIONS:
+            msg = f"map_fusion must be one of {list(LAYER_FUSIONS)}, got {layer_fusion!r}."
             raise ValueError(msg)
         self.blur = gaussian_blur(sigma)
         # A separate module only when it differs, so the same smoothing is not computed twice.
         self.score_blur = None if score_sigma is None or score_sigma == sigma else gaussian_blur(score_sigma)
         self.score_fraction = score_fraction
+        self.layer_fusion = layer_fusion
 
-    @staticmethod
-    def fuse(maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
-        """Return the mean of ``maps``, each bilinearly upsampled to ``image_size``.
+    def fuse(self, maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Return the mean (or product) of ``maps``, each bilinearly upsampled to ``image_size``.
 
         Args:
             maps: Per-scale maps ``(N, 1, h_k, w_k)``.
@@ -93,8 +110,8 @@ class MapFusion(nn.Module):
             The fused map ``(N, 1, H, W)``.
 
         """
-        upsampled = [F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps]
-        return torch.stack(upsampled).mean(dim=0)
+        upsampled = torch.stack([F.interpolate(m, size=image_size, mode="bilinear", align_corners=False) for m in maps])
+        return upsampled.prod(dim=0) if self.layer_fusion == "product" else upsampled.mean(dim=0)
 
     def smooth(self, maps: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Fuse ``maps`` and smooth them as the anomaly map is.

@@ -37,7 +37,7 @@ from anomalib_dhkd.components.scoring.discrepancy import (
     normalized_discrepancy,
     squared_discrepancy,
 )
-from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion
+from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, LayerFusion, MapCoherence, MapFusion
 from anomalib_dhkd.components.scoring.global_statistics import channel_statistics, vector_moments
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments
 
@@ -66,6 +66,7 @@ class ScoringConfig:
             one for all or one per layer; ``0``: no coherence.
         coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd; other layers
             span the same pixels.
+        map_fusion: How the layers' maps become one: ``"mean"``, or ``"product"`` as in STFPM.
 
     """
 
@@ -79,6 +80,7 @@ class ScoringConfig:
     coherence_layers: Sequence[str] | None = None
     coherence_weight: float | Sequence[float] | None = None
     coherence_window: int = 7
+    map_fusion: LayerFusion = "mean"
 
     def unresolved(self) -> list[str]:
         """Return the names of the settings still ``None`` that the scorer needs decided.
@@ -186,7 +188,9 @@ class DiscrepancyScorer(nn.Module):
         self.scale_map_layers = config.scale_map_layers
         self.discrepancy = discrepancy
         self.position_statistics = nn.ModuleList(PositionStandardizer() for _ in layers)
-        self.map_fusion = MapFusion(config.blur_sigma, config.score_fraction, config.score_blur_sigma)
+        self.map_fusion = MapFusion(
+            config.blur_sigma, config.score_fraction, config.score_blur_sigma, layer_fusion=config.map_fusion
+        )
         coherence_strides = [strides[i] for i in self.coherence_indices]
         self.map_coherence = _map_coherence(config, coherence_strides, strides[deepest_map_index])
         self.score_fusion = ImageScoreFusion([channels[i] for i in self.score_indices]) if config.global_score else None
