@@ -100,13 +100,17 @@ def test_checkpoint_reload_gives_identical_scores(trained: tuple, tmp_path: Path
     torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
 
 
-def test_onnx_export_matches_torch(trained: tuple, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("export_type", "exported_file"),
+    [(ExportType.ONNX, "onnx/model.onnx"), (ExportType.OPENVINO, "openvino/model.xml")],
+)
+def test_export_matches_torch(trained: tuple, tmp_path: Path, export_type: ExportType, exported_file: str) -> None:
     _, engine, model, _ = trained
-    engine.export(model, ExportType.ONNX, export_root=tmp_path, input_size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+    engine.export(model, export_type, export_root=tmp_path, input_size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
     images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     with torch.no_grad():
         expected = model.eval()(images)
-    exported = load_exported(tmp_path / "weights" / "onnx" / "model.onnx")(images.numpy())
+    exported = load_exported(tmp_path / "weights" / exported_file)(images.numpy())  # OpenVINO at f32
     np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4, rtol=1e-4)
 
