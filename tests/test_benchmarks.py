@@ -517,6 +517,20 @@ def synthetic_record(model: str, dataset: str, seed: int, auroc: float, track: s
     return record
 
 
+def test_gallery_takes_each_model_from_its_lowest_seed_that_kept_maps(tmp_path: Path) -> None:
+    from benchmarks.suite.records import maps_path
+    from benchmarks.suite.report import gallery_maps, grouped
+
+    records = [synthetic_record("padim", "toy/cat", seed, 0.9) for seed in (0, 1, 2)]
+    for seed in (1, 2):  # seed 0 ran on another machine: its maps are not here
+        path = maps_path(tmp_path, records[seed])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"image_paths": [], "map_range": torch.tensor([0.0, float(seed)])}, path)
+    maps = gallery_maps(grouped(records), "toy/cat", "pretrained", tmp_path)
+    assert maps["padim"]["map_range"].tolist() == [0.0, 1.0]
+    assert gallery_maps(grouped(records), "toy/dog", "pretrained", tmp_path) == {}
+
+
 def test_report_gives_mean_and_std_over_seeds_and_bolds_a_clear_lead_only(tmp_path: Path) -> None:
     from benchmarks.suite.report import write_report
 

@@ -439,14 +439,20 @@ def write_gallery(maps: dict[str, dict[str, Any]], title: str, path: Path) -> Pa
 
 
 def gallery_maps(groups: dict[Group, list[dict[str, Any]]], dataset: str, track: str, maps_dir: Path) -> dict:
-    """The hardest-image maps of each configuration's lowest seed on ``dataset`` in ``track`` that kept them."""
+    """The hardest-image maps of each configuration on ``dataset`` in ``track``, from its lowest seed that kept them.
+
+    Maps stay on the machine that ran the seed (``--out``); a report regenerated elsewhere still shows every
+    configuration that has maps of some seed.
+    """
     maps = {}
     for (model, run_dataset, run_track), runs in groups.items():
-        path = maps_path(maps_dir, runs[0])
-        if (run_dataset, run_track) == (dataset, track) and path.is_file():
-            payload = torch.load(path, weights_only=True)
+        if (run_dataset, run_track) != (dataset, track):
+            continue
+        for path in (maps_path(maps_dir, run) for run in runs):
+            payload = torch.load(path, weights_only=True) if path.is_file() else {}
             if "map_range" in payload:  # maps of the earlier fixed-image galleries are not shown
                 maps[model] = payload
+                break
     return maps
 
 
@@ -461,7 +467,7 @@ def write_report(records: list[dict[str, Any]], report_dir: Path, maps_dir: Path
             maps = gallery_maps(groups, dataset, track, maps_dir)
             if maps:
                 title = (
-                    f"{dataset}, track {track}: each model's hardest test images (lowest seed)\n"
+                    f"{dataset}, track {track}: each model's hardest test images (lowest seed with maps)\n"
                     "map scaled to the run's 1st-99.9th percentile of all test-map values; white: ground truth"
                 )
                 figures.append(write_gallery(maps, title, figures_dir / f"gallery_{slug(dataset)}_{track}.png"))
