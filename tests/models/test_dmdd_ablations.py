@@ -19,7 +19,7 @@ def test_map_without_the_head_is_the_fused_normality_discrepancy() -> None:
         output = network(images)
         normality, _ = network.decoupled_features(images)
         distances = [cosine_distance(n, t) for n, t in zip(normality, network.teacher_features(images), strict=True)]
-        expected = MapFusion.fuse(distances, (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+        expected = MapFusion(sigma=0.0).fuse(distances, (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
         head_map = tiny_dmdd(blur_sigma=0.0).model.eval()(images).anomaly_map
     torch.testing.assert_close(output.anomaly_map, expected)
     assert not torch.allclose(head_map, expected)  # the default map is the head's, not this one
@@ -36,8 +36,8 @@ def test_default_map_is_the_head_probability_times_the_normality_discrepancy() -
         head_only = network(images)
     size = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     normality = discrepancies[:, 0::2].mean(dim=1, keepdim=True)
-    torch.testing.assert_close(output.anomaly_map, MapFusion.fuse([probabilities * normality], size))
-    torch.testing.assert_close(head_only.anomaly_map, MapFusion.fuse([probabilities], size))
+    torch.testing.assert_close(output.anomaly_map, MapFusion(sigma=0.0).fuse([probabilities * normality], size))
+    torch.testing.assert_close(head_only.anomaly_map, MapFusion(sigma=0.0).fuse([probabilities], size))
 
 
 def test_multi_perception_switch_chooses_the_head() -> None:
