@@ -27,8 +27,6 @@ from anomalib.models.components import AnomalibModule
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from anomalib_dhkd.models import OFFLINE_BACKBONE
-from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 from benchmarks.suite.ablations import ABLATIONS, VARIANT_SEPARATOR, ablation_settings, variant_name
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.settings import RunSettings, run_settings
@@ -146,8 +144,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(TORCH_THREADS)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, settings in configurations(args.models, args.variants, args.track, args.image_size):
-        if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
-            install_efficientnet_lite0()
         model = build_model(name.split(VARIANT_SEPARATOR)[0], settings)
         result = profile_model(model, args.batch_size, args.image_size, args.rounds)
         print("\n".join(report_lines(name, result)), flush=True)

@@ -18,8 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from anomalib_dhkd.models import OFFLINE_BACKBONE
-from anomalib_dhkd.tools.weights import install_efficientnet_lite0
 from benchmarks.suite.ablations import ABLATION_RECORDS_DIR, VARIANT_SEPARATOR
 from benchmarks.suite.models import SUITE_MODELS
 from benchmarks.suite.records import RECORDS_DIR, environment, load_records, save_record
@@ -41,8 +39,6 @@ def retime(records_dir: Path, models: list[str], seconds: float) -> int:
         if model not in models or record["status"] != "ok":
             continue
         settings = RunSettings.from_dict(record["settings"])
-        if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
-            install_efficientnet_lite0()
         before = record["images_per_second_batch1"], record["images_per_second_batch16"]
         record.update(throughput(build_model(model, settings), settings.image_size, seconds))
         record["throughput_environment"] = environment()

@@ -37,7 +37,12 @@ TORCH_THREADS = 2
 
 
 def build_model(name: str, settings: RunSettings) -> AnomalibModule:
-    """Build ``name`` as the suite trains it: its own pre-processor, the family's evaluator, no visualiser."""
+    """Build ``name`` as the suite trains it: its own pre-processor, the family's evaluator, no visualiser.
+
+    The offline backbone's ImageNet weights are installed into the Hugging Face cache first where the run needs them.
+    """
+    if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
+        install_efficientnet_lite0()
     return SUITE_MODELS[name].build(
         settings.layers, settings.pre_trained, settings.epochs, settings.image_size, settings.options
     )
@@ -155,8 +160,6 @@ def run_job(job: dict[str, Any], result_path: Path, maps_path: Path) -> None:
     settings = RunSettings.from_dict(job["settings"])
     torch.set_num_threads(TORCH_THREADS)
     seed_everything(settings.seed, workers=True)
-    if settings.pre_trained and settings.backbone == OFFLINE_BACKBONE:
-        install_efficientnet_lite0()
     hardest = HardestImages()
     result = train_and_test(job, settings, hardest)
     result["peak_rss_mb"] = peak_rss_mb()
