@@ -13,7 +13,7 @@ processes each updates its own statistics from its own batches.
 
 Out of training the statistics are fixed, so inference runs a copy of the encoder with every BatchNorm folded into
 the convolution before it (:func:`~anomalib_dhkd.components.encoders.fold_network_batch_norms`): the same features
-to float rounding, faster, and what export traces. The copy is rebuilt whenever the statistics may have changed and
+to float rounding, faster, and what export traces. The copy is dropped when training starts and on loading, and
 is never part of the state dict, so checkpoints keep the unfolded layers whose statistics EMAN moves.
 """
 
@@ -76,7 +76,9 @@ class EmaNormalizedEncoder(nn.Module):
         """
         super().train(mode)
         self.encoder.eval()
-        if not mode:
+        if mode:
+            self._inference_cache.clear()  # the statistics move only in training mode
+        else:
             self.folded_encoder()  # built now, not inside an export's trace
         return self
 
@@ -110,7 +112,6 @@ class EmaNormalizedEncoder(nn.Module):
         """Move ``norm``'s running statistics towards those of its input batch (training mode only)."""
         if not self.training or norm.running_mean is None or norm.running_var is None:
             return
-        self._inference_cache.clear()
         features = inputs[0].transpose(0, 1).flatten(1)  # (C, N * H * W)
         weight = 1 - self.momentum
         norm.running_mean.lerp_(features.mean(dim=1), weight)
