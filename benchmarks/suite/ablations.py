@@ -82,6 +82,16 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"teacher": {"noise_level": 0.0}}, "the teacher's dequantisation noise", PRETRAINED_ONLY
         ),
         "student_2_blocks": Ablation({"student": {"blocks": 2}}, "a deeper student (the model default)"),
+        "student_half_width": Ablation(
+            {"student": {"hidden_ratio": 0.5}}, "students half as wide, a third of their cost (speed)"
+        ),
+        "pointwise_flow_output": Ablation(
+            {"teacher": {"output_kernel_size": 1}}, "1x1 output convolutions in the couplings, 0.4x the flows' cost"
+        ),
+        "light_heads": Ablation(
+            {"student": {"hidden_ratio": 0.5}, "teacher": {"output_kernel_size": 1}},
+            "both: teachers and students at a third of their cost (speed)",
+        ),
         "no_coherence": Ablation(
             {"scoring": {"coherence_weight": 0.0}}, "the map's discrepancy coherence", PRETRAINED_ONLY
         ),

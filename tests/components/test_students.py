@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from anomalib_dhkd.components.students import DualDomainBlock, DualDomainStudent, FrequencyFilter, irfft2, rfft2
+from anomalib_dhkd.components.students import (
+    DenoisingStudentConfig,
+    DualDomainBlock,
+    DualDomainStudent,
+    FrequencyFilter,
+    irfft2,
+    rfft2,
+)
 from anomalib_dhkd.components.students.fourier import irfft2_matmul, rfft2_matmul
 
 
@@ -33,6 +40,17 @@ def test_export_uses_matmul_dft_not_fft_ops() -> None:
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert not [target for target in targets if "fft" in target], targets
     torch.testing.assert_close(exported.module()(example), module(example), atol=1e-5, rtol=1e-4)
+
+
+def test_student_width_follows_hidden_ratio() -> None:
+    assert DenoisingStudentConfig().hidden_channels(40) == 40
+    assert DenoisingStudentConfig(hidden_ratio=0.5).hidden_channels(40) == 20
+    assert DenoisingStudentConfig(hidden_ratio=0.1).hidden_channels(40) == 8  # never narrower than 8 channels
+    student = DualDomainStudent(
+        40, num_blocks=1, hidden_channels=DenoisingStudentConfig(hidden_ratio=0.5).hidden_channels(40)
+    )
+    assert student.stem.out_channels == 20
+    assert student(torch.randn(1, 40, 6, 6)).shape == (1, 40, 6, 6)
 
 
 def test_dual_domain_block_starts_as_identity_and_keeps_shape() -> None:

@@ -34,29 +34,45 @@ def test_flow_log_det_is_bounded_by_soft_clamping() -> None:
     assert torch.isfinite(log_det).all()
 
 
+def test_pointwise_output_couplings_see_only_their_first_convolution_window() -> None:
+    # Three couplings with 1x1 outputs see 3 cells each way (one per coupling); with 3x3 outputs, 6.
+    for output_kernel_size, reach in ((1, 3), (3, 6)):
+        flow = _randomised_flow(4, 0, output_kernel_size=output_kernel_size)
+        features = torch.zeros(1, 4, 15, 15, requires_grad=True)
+        flow.train()(features)[0][0, :, 7, 7].sum().backward()
+        seen = features.grad.abs().sum(dim=(0, 1)).nonzero()
+        assert (seen - 7).abs().max().item() == reach
+
+
 def test_flow_nll_is_lower_for_in_distribution_latents() -> None:
     log_det = torch.zeros(4)
     assert flow_negative_log_likelihood(torch.zeros(4, 2, 3, 3), log_det) == 0
     assert flow_negative_log_likelihood(torch.full((4, 2, 3, 3), 3.0), log_det) == pytest.approx(4.5)
 
 
-def test_flow_rejects_bad_condition_channels() -> None:
+def test_flow_rejects_bad_condition_channels_and_output_kernel() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         ConvFlow(4, condition_channels=6)
+    with pytest.raises(ValueError, match="output_kernel_size must be 1 or 3, got 5"):
+        ConvFlow(4, output_kernel_size=5)
 
 
-def _randomised_flow(channels: int, condition_channels: int, seed: int = 0) -> ConvFlow:
+def _randomised_flow(channels: int, condition_channels: int, seed: int = 0, output_kernel_size: int = 3) -> ConvFlow:
     torch.manual_seed(seed)
-    flow = ConvFlow(channels, num_blocks=3, condition_channels=condition_channels)
+    flow = ConvFlow(
+        channels, num_blocks=3, condition_channels=condition_channels, output_kernel_size=output_kernel_size
+    )
     for parameter in flow.parameters():
         if parameter.requires_grad:
             torch.nn.init.normal_(parameter, std=0.1)
     return flow.eval()
 
 
-@pytest.mark.parametrize(("channels", "condition_channels"), [(6, 0), (7, 8), (24, 24)])
-def test_flow_inference_path_matches_freia(channels: int, condition_channels: int) -> None:
-    flow = _randomised_flow(channels, condition_channels)
+@pytest.mark.parametrize(
+    ("channels", "condition_channels", "output_kernel_size"), [(6, 0, 3), (7, 8, 3), (24, 24, 3), (7, 8, 1)]
+)
+def test_flow_inference_path_matches_freia(channels: int, condition_channels: int, output_kernel_size: int) -> None:
+    flow = _randomised_flow(channels, condition_channels, output_kernel_size=output_kernel_size)
     features = torch.randn(2, channels, 9, 6)
     reference = flow(features)  # gradients enabled: FrEIA's own forward
     with torch.no_grad():

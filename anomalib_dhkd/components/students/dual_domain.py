@@ -29,16 +29,24 @@ class DenoisingStudentConfig:
             channel's standard deviation.
         noise_correlation: Spatial correlation length of that noise in feature cells; ``0``: independent at every
             position (:func:`~anomalib_dhkd.components.noise.add_feature_noise`).
+        hidden_ratio: Width of the student's blocks relative to its input channels (at least 8 channels).
 
     Example:
         >>> DenoisingStudentConfig(blocks=1, noise_correlation=0.0)
-        DenoisingStudentConfig(blocks=1, noise_level=0.5, noise_correlation=0.0)
+        DenoisingStudentConfig(blocks=1, noise_level=0.5, noise_correlation=0.0, hidden_ratio=1.0)
+        >>> DenoisingStudentConfig(hidden_ratio=0.5).hidden_channels(320)
+        160
 
     """
 
     blocks: int = 2
     noise_level: float = 0.5
     noise_correlation: float = 1.0
+    hidden_ratio: float = 1.0
+
+    def hidden_channels(self, channels: int) -> int:
+        """Return the width of the blocks of a student of ``channels`` features."""
+        return max(8, round(channels * self.hidden_ratio))
 
 
 class FrequencyFilter(nn.Module):

@@ -135,10 +135,13 @@ class DhkdModel(TeacherStudentNetwork):
                 teacher.hidden_ratio,
                 teacher.clamp,
                 flow_condition_channels(c, teacher.condition_channels),
+                teacher.output_kernel_size,
             )
             for c in channels
         )
-        self.students = nn.ModuleList(DualDomainStudent(c, student.blocks) for c in channels)
+        self.students = nn.ModuleList(
+            DualDomainStudent(c, student.blocks, student.hidden_channels(c)) for c in channels
+        )
         self.scorer = dhkd_scorer(extracted, channels, strides, layers, scoring)
         self._register_load_state_dict_pre_hook(_rename_legacy_scoring_keys)
         use_channels_last(self)
