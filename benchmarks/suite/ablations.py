@@ -110,7 +110,9 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         ),
     },
     "asymmetric_ts": {
-        "plain_student": Ablation({"student": {"contextual": False}}, "CoT blocks against plain 3x3 blocks"),
+        "cot_student": Ablation(
+            {"student": {"contextual": True}}, "the paper's CoT blocks against plain 3x3 residual blocks"
+        ),
         "bn_teacher": Ablation({"eman_momentum": 1.0}, "EMAN against the teacher's ImageNet BatchNorm statistics"),
         "eman_warmup": Ablation(
             {"eman_warmup": True}, "the teacher's statistics averaged from the first batch, then EMAN (warm-up)"

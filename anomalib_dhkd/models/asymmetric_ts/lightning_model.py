@@ -2,8 +2,9 @@
 
 Kong et al., "Asymmetric Teacher-Student Network Model for Industrial Image Anomaly Detection", Computer Science
 51(11A), 2024: a frozen pretrained teacher with exponential-moving-average normalisation (EMAN, Cai et al., CVPR 2021,
-Sec. 3), a student whose residual blocks are Contextual Transformers (CoT, Li et al., TPAMI 2022, Sec. 3.2), STFPM's
-loss and multi-scale map fusion (:mod:`~.torch_model`, :mod:`~.loss`, :mod:`~.anomaly_map`). Guards, statistics fitting
+Sec. 3), a student of another structure than the teacher's (the paper's residual blocks are Contextual Transformers,
+CoT, Li et al., TPAMI 2022, Sec. 3.2; plain 3x3 blocks measured better and are the default), STFPM's loss and
+multi-scale map fusion (:mod:`~.torch_model`, :mod:`~.loss`, :mod:`~.anomaly_map`). Guards, statistics fitting
 and trainer arguments come from :class:`~anomalib_dhkd.models.base.KnowledgeDistillationModule`.
 
 Example:
@@ -41,7 +42,7 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         layers: Teacher layers, one student scale each; ``None``: the backbone's deepest layers at strides 4, 8 and
             16. Defaults to ``None``.
         pre_trained: Load ImageNet weights into the teacher. Defaults to ``True``.
-        student: Student settings (residual blocks per scale, CoT or plain blocks). Defaults to
+        student: Student settings (residual blocks per scale, plain or CoT blocks). Defaults to
             ``ContextualStudentConfig()``.
         eman_momentum: Share of the teacher's BatchNorm statistics kept per training step; ``1`` keeps ImageNet's.
             Defaults to ``0.999``.
@@ -62,13 +63,13 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         RuntimeError: If the ImageNet weights cannot be loaded.
 
     Example:
-        The ablation without CoT blocks (``pre_trained=False`` here only to run without the weights):
+        The paper's student with CoT blocks (``pre_trained=False`` here only to run without the weights):
 
         >>> from anomalib_dhkd.models.asymmetric_ts import ContextualStudentConfig
-        >>> student = ContextualStudentConfig(contextual=False)
+        >>> student = ContextualStudentConfig(contextual=True)
         >>> model = AsymmetricTs(backbone="resnet18", pre_trained=False, student=student)
         >>> type(model.model.student.stages[0][-1].residual[0]).__name__
-        'Conv2d'
+        'ContextualTransformer'
 
     """
 
