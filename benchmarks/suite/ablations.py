@@ -82,6 +82,12 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"teacher": {"noise_level": 0.0}}, "the teacher's dequantisation noise", PRETRAINED_ONLY
         ),
         "student_2_blocks": Ablation({"student": {"blocks": 2}}, "a deeper student (the model default)"),
+        "teacher_6_blocks": Ablation(
+            {"teacher": {"blocks": 6}}, "a deeper flow: does transistor want more teacher capacity (1.5 times its cost)"
+        ),
+        "wide_teacher": Ablation(
+            {"teacher": {"hidden_ratio": 2.0}}, "coupling sub-networks twice as wide (transistor lost with half width)"
+        ),
         "student_half_width": Ablation(
             {"student": {"hidden_ratio": 0.5}}, "students half as wide, a third of their cost (speed)"
         ),
