@@ -120,9 +120,6 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"student": {"contextual": True}}, "the paper's CoT blocks against plain 3x3 residual blocks"
         ),
         "bn_teacher": Ablation({"eman_momentum": 1.0}, "EMAN against the teacher's ImageNet BatchNorm statistics"),
-        "eman_warmup": Ablation(
-            {"eman_warmup": True}, "the teacher's statistics averaged from the first batch, then EMAN (warm-up)"
-        ),
         "student_3_blocks": Ablation({"student": {"blocks": 3}}, "three residual blocks per student scale"),
         "nonlinear_output": Ablation(
             {"student": {"linear_output": False}}, "the student's linear output (teacher features of both signs)"

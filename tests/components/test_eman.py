@@ -31,25 +31,6 @@ def test_statistics_move_by_exactly_the_momentum_rule() -> None:
     torch.testing.assert_close(norm.running_var, 0.9 * before_var + 0.1 * batch_var)
 
 
-def test_warmup_averages_the_batches_until_the_momentum_takes_over() -> None:
-    encoder = small_encoder()
-    teacher = EmaNormalizedEncoder(encoder, momentum=0.6, warmup=True).train()
-    norm = encoder[1]
-    batches = [torch.rand(3, 3, 10, 10) + shift for shift in (0.0, 1.0, 2.0)]
-    with torch.no_grad():
-        means = [encoder[0](images).mean(dim=(0, 2, 3)) for images in batches]
-    teacher(batches[0])
-    torch.testing.assert_close(norm.running_mean, means[0])  # the placeholder statistics are gone at once
-    teacher(batches[1])
-    torch.testing.assert_close(norm.running_mean, (means[0] + means[1]) / 2)  # weight 1/2 > 1 - momentum
-    teacher(batches[2])
-    torch.testing.assert_close(norm.running_mean, 0.6 * (means[0] + means[1]) / 2 + 0.4 * means[2])  # 0.4 > 1/3
-    assert int(norm.num_batches_tracked) == 3
-    resumed = EmaNormalizedEncoder(small_encoder(), momentum=0.6, warmup=True)
-    resumed.load_state_dict(teacher.state_dict())  # a resumed training continues the warm-up where it was
-    assert int(resumed.encoder[1].num_batches_tracked) == 3
-
-
 def test_the_teacher_normalises_with_running_statistics_and_has_no_gradients() -> None:
     encoder = small_encoder()
     teacher = EmaNormalizedEncoder(encoder, momentum=1.0).train()  # momentum 1: statistics fixed

@@ -11,11 +11,6 @@ statistics only (it stays in evaluation mode), and while the model trains those 
 towards the category's normal images by ``running = momentum * running + (1 - momentum) * batch``. With several
 processes each updates its own statistics from its own batches.
 
-A randomly initialised encoder's statistics are placeholders (zero mean, unit variance), not knowledge, and a
-momentum of 0.999 would keep most of them through a short training. With ``warmup`` the ``t``-th update (from 0)
-weighs the batch by ``max(1 - momentum, 1 / (t + 1))``: the statistics are the running average of every batch so
-far until the moving average takes over, the bias correction of EMA warm-ups (as Adam's moment estimates).
-
 Out of training the statistics are fixed, so inference runs a copy of the encoder with every BatchNorm folded into
 the convolution before it (:func:`~anomalib_dhkd.components.encoders.fold_network_batch_norms`): the same features
 to float rounding, faster, and what export traces. The copy is dropped when training starts and on loading, and
@@ -39,9 +34,6 @@ class EmaNormalizedEncoder(nn.Module):
         encoder: Feature extractor; its parameters are frozen here. Any ``BatchNorm`` layer (including subclasses such
             as timm's ``BatchNormAct2d``) becomes an EMAN layer.
         momentum: Share of the running statistics kept at each training step, in ``[0, 1]``; ``1`` keeps them fixed.
-        warmup: Average the batches' statistics from the start, before the moving average takes over (module
-            docstring); for encoders whose statistics carry no knowledge. The updates are counted in each layer's
-            ``num_batches_tracked``, so a resumed training continues its warm-up.
 
     Raises:
         ValueError: If ``momentum`` is outside ``[0, 1]`` or the encoder has no BatchNorm layer.
@@ -55,21 +47,18 @@ class EmaNormalizedEncoder(nn.Module):
 
     """
 
-    def __init__(self, encoder: nn.Module, momentum: float = 0.999, warmup: bool = False) -> None:
+    def __init__(self, encoder: nn.Module, momentum: float = 0.999) -> None:
         super().__init__()
         if not 0 <= momentum <= 1:
             msg = f"EMAN momentum must be in [0, 1], got {momentum}."
             raise ValueError(msg)
         self.encoder = encoder.requires_grad_(False)
         self.momentum = momentum
-        self.warmup = warmup
         norms = [module for module in encoder.modules() if isinstance(module, _BatchNorm)]
         if not norms:
             msg = f"{type(encoder).__name__} has no BatchNorm layer for EMAN to update."
             raise ValueError(msg)
         for norm in norms:
-            if norm.num_batches_tracked is not None:
-                norm.num_batches_tracked.zero_()  # counts EMAN's updates from here
             norm.register_forward_pre_hook(self._follow_batch_statistics)
         self.encoder.eval()
         self._inference_cache: dict[str, nn.Module] = {}  # a plain dict: the folded copy stays out of the state dict
@@ -125,10 +114,6 @@ class EmaNormalizedEncoder(nn.Module):
             return
         features = inputs[0].transpose(0, 1).flatten(1)  # (C, N * H * W)
         weight = 1 - self.momentum
-        if norm.num_batches_tracked is not None:
-            if self.warmup and self.momentum < 1:
-                weight = max(weight, 1 / (int(norm.num_batches_tracked) + 1))
-            norm.num_batches_tracked.add_(1)
         norm.running_mean.lerp_(features.mean(dim=1), weight)
         norm.running_var.lerp_(features.var(dim=1, unbiased=True), weight)
 
@@ -148,8 +133,8 @@ class EmaNormalizedEncoder(nn.Module):
             return self.encoder(images) if self.training else self.folded_encoder()(images)
 
     def extra_repr(self) -> str:
-        """Show the momentum and warm-up."""
-        return f"momentum={self.momentum}, warmup={self.warmup}"
+        """Show the momentum."""
+        return f"momentum={self.momentum}"
 
 
 def _forget_folded_encoder(teacher: EmaNormalizedEncoder, _incompatible_keys: object) -> None:

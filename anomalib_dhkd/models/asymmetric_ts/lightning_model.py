@@ -46,8 +46,6 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
             ``ContextualStudentConfig()``.
         eman_momentum: Share of the teacher's BatchNorm statistics kept per training step; ``1`` keeps ImageNet's.
             Defaults to ``0.999``.
-        eman_warmup: Average the first training batches' statistics before the moving average takes over, for
-            teachers whose statistics are placeholders. Defaults to ``False``.
         scoring: Anomaly map and image score settings; ``None`` values: every layer scores, plain map. Defaults to
             ``ScoringConfig()``.
         learning_rate: Adam learning rate of the student. Defaults to ``1e-3``.
@@ -83,7 +81,6 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
         pre_trained: bool = True,
         student: ContextualStudentConfig = ContextualStudentConfig(),  # noqa: B008 (frozen dataclass)
         eman_momentum: float = 0.999,
-        eman_warmup: bool = False,
         scoring: ScoringConfig = ScoringConfig(),  # noqa: B008
         learning_rate: float = 1e-3,
         max_epochs: int = 20,
@@ -108,7 +105,6 @@ class AsymmetricTs(KnowledgeDistillationModule, AnomalibModule):
             as_settings(ContextualStudentConfig, student),
             eman_momentum,
             as_settings(ScoringConfig, scoring),
-            eman_warmup,
         )
         self.loss = AsymmetricTsLoss()
 

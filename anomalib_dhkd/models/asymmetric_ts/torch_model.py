@@ -67,8 +67,6 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         pre_trained: Load the backbone's ImageNet weights.
         student: Student settings.
         eman_momentum: Share of the teacher's BatchNorm statistics kept per training step; ``1``: fixed (plain BN).
-        eman_warmup: Average the first training batches' statistics before the moving average takes over
-            (:class:`~anomalib_dhkd.components.teachers.EmaNormalizedEncoder`).
         scoring: Scoring settings; ``None`` values: every layer scores, plain map
             (:data:`~anomalib_dhkd.components.scoring.PLAIN_MAP`).
 
@@ -92,14 +90,13 @@ class AsymmetricTsModel(TeacherStudentNetwork):
         student: ContextualStudentConfig,
         eman_momentum: float,
         scoring: ScoringConfig,
-        eman_warmup: bool = False,
     ) -> None:
         super().__init__()
         encoder = build_encoder(backbone, layers, pre_trained, fold_norms=False)  # EMAN moves the statistics
         layers = list(encoder.layers)
         channels = list(encoder.out_dims)
         strides = encoder.feature_extractor.feature_info.reduction()
-        self.teacher = EmaNormalizedEncoder(encoder, eman_momentum, eman_warmup)
+        self.teacher = EmaNormalizedEncoder(encoder, eman_momentum)
         self.student = ContextualStudent(
             channels, strides, student.blocks, student.contextual, student.width, student.linear_output
         )
