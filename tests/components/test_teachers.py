@@ -97,3 +97,16 @@ def test_flow_inference_constants_follow_weights_and_size() -> None:
         torch.testing.assert_close(flow(features)[0], reference, atol=1e-5, rtol=1e-5)
         copied = copy.deepcopy(flow)  # pickled without the constants, which it rebuilds
         torch.testing.assert_close(copied(features)[0], reference, atol=1e-5, rtol=1e-5)
+
+
+def test_flow_inference_constants_follow_an_in_place_step_of_the_output_convolutions() -> None:
+    flow = _randomised_flow(6, 8)
+    features = torch.randn(1, 6, 5, 5)
+    with torch.inference_mode():
+        before = flow(features)[0]  # constants built, 0.1 x the output weights among them
+    with torch.no_grad():
+        flow.flow.module_list[1].subnet[2].weight.mul_(3.0)  # an optimiser step on the output convolution alone
+        after = flow(features)[0]
+    reference = flow(features)[0].detach()  # FrEIA's forward with the new weights
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=1e-5)

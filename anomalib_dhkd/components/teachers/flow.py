@@ -89,11 +89,14 @@ class CouplingConstants(NamedTuple):
     """What one coupling's inference needs that does not depend on the image, for one feature-map size.
 
     The first convolution of a conditioned sub-network acts on ``[x1, encoding]``; being linear and zero-padded per
-    channel, it splits into ``conv(x1, W_x) + (conv(encoding, W_e) + b)``, and the bracket is a constant map.
+    channel, it splits into ``conv(x1, W_x) + (conv(encoding, W_e) + b)``, and the bracket is a constant map. FrEIA
+    scales the sub-network's output by 0.1; the output convolution's weights carry that factor here.
     """
 
     feature_weight: torch.Tensor  # W_x, the weights acting on the coupling's passive half
     condition_bias: torch.Tensor  # conv(encoding, W_e) + b, (1, hidden, H, W); the bias alone without encoding
+    output_weight: torch.Tensor  # 0.1 x the output convolution's weights
+    output_bias: torch.Tensor  # 0.1 x its bias
     permutation: torch.Tensor  # output channel i is input channel permutation[i]
 
 
@@ -108,14 +111,17 @@ def coupling_constants(block: AllInOneBlock, condition: torch.Tensor | None) -> 
         The constants :meth:`ConvFlow.forward` uses at inference.
 
     """
-    first_conv = block.subnet[0]
+    first_conv, output_conv = block.subnet[0], block.subnet[2]
     passive_channels = block.splits[0]
     weight = first_conv.weight[:, :passive_channels].contiguous(memory_format=torch.channels_last)
     if condition is None:
         condition_bias = first_conv.bias.view(1, -1, 1, 1)
-    else:
+    else:  # in the layout of the channels-last hidden map it is added to (a mixed-layout add is several times slower)
         condition_bias = F.conv2d(condition, first_conv.weight[:, passive_channels:], first_conv.bias, padding=1)
-    return CouplingConstants(weight, condition_bias, block.w_perm.flatten(1).argmax(1))
+        condition_bias = condition_bias.contiguous(memory_format=torch.channels_last)
+    output_weight = (0.1 * output_conv.weight).contiguous(memory_format=torch.channels_last)
+    permutation = block.w_perm.flatten(1).argmax(1)
+    return CouplingConstants(weight, condition_bias, output_weight, 0.1 * output_conv.bias, permutation)
 
 
 def coupling_inference(
@@ -134,11 +140,13 @@ def coupling_inference(
     """
     passive, active = torch.split(features, block.splits, dim=1)
     hidden = F.conv2d(passive, constants.feature_weight, padding=1).add_(constants.condition_bias).relu_()
-    coefficients = 0.1 * block.subnet[2](hidden)
-    log_scale = block.clamp * torch.tanh(coefficients[:, : active.shape[1]])
-    active = active * torch.exp(log_scale) + coefficients[:, active.shape[1] :]
+    padding = block.subnet[2].padding
+    coefficients = F.conv2d(hidden, constants.output_weight, constants.output_bias, padding=padding)
+    active_channels = active.shape[1]
+    log_scale = torch.tanh(coefficients[:, :active_channels]).mul_(block.clamp)
+    active = torch.addcmul(coefficients[:, active_channels:], active, torch.exp(log_scale))
     scale = block.global_scale_activation(block.global_scale)
-    output = (torch.cat((passive, active), dim=1) * scale + block.global_offset)[:, constants.permutation]
+    output = torch.addcmul(block.global_offset, torch.cat((passive, active), dim=1), scale)[:, constants.permutation]
     log_det = log_scale.sum(dim=(1, 2, 3)) + features[0, 0].numel() * torch.log(scale).sum()
     return output, log_det
 
@@ -237,7 +245,11 @@ class ConvFlow(nn.Module):
 
     def _constants_for(self, features: torch.Tensor) -> list[CouplingConstants]:
         """Each coupling's inference constants for this feature-map size, rebuilt when the weights change."""
-        cached = [p for block in self.flow.module_list for p in (*block.subnet[0].parameters(), block.w_perm)]
+        cached = [
+            p
+            for block in self.flow.module_list
+            for p in (*block.subnet[0].parameters(), *block.subnet[2].parameters(), block.w_perm)
+        ]
         versions = tuple((p.data_ptr(), p._version) for p in cached)  # a new tensor or an in-place update
         key = (tuple(features.shape[-2:]), features.dtype, features.device, versions)
         if self._inference_constants is None or self._inference_constants[0] != key:
