@@ -6,6 +6,7 @@
 * :mod:`~anomalib_dhkd.components.students`: dual-domain (spatial + frequency) students; Contextual-Transformer
   residual students.
 * :mod:`~anomalib_dhkd.components.noise`: feature noise for denoising students.
+* :mod:`~anomalib_dhkd.components.widths`: hidden widths relative to a layer's input.
 * :mod:`~anomalib_dhkd.components.synthesis`: synthetic anomalies on the object's foreground.
 * :mod:`~anomalib_dhkd.components.losses`: distillation losses.
 * :mod:`~anomalib_dhkd.components.scoring`: anomaly maps and image scores, fitted on normal images.

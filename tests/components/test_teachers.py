@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from anomalib_dhkd.components.students import DenoisingStudentConfig
 from anomalib_dhkd.components.teachers import ConvFlow, flow_negative_log_likelihood
 
 
@@ -47,6 +48,17 @@ def test_pointwise_output_couplings_see_only_their_first_convolution_window() ->
         flow(features)[0][0, :, 7, 7].sum().backward()
         seen = features.grad.abs().sum(dim=(0, 1)).nonzero()
         assert (seen - 7).abs().max().item() == reach
+
+
+@pytest.mark.parametrize(("hidden_ratio", "hidden_channels"), [(1.0, 20), (2.0, 40), (0.7, 14), (0.1, 8)])
+def test_coupling_width_follows_hidden_ratio_as_the_students_does(hidden_ratio: float, hidden_channels: int) -> None:
+    # A coupling's sub-network sees half of the 40 channels; its width is the same rule as the student's blocks.
+    subnet = ConvFlow(40, num_blocks=1, hidden_ratio=hidden_ratio).flow.module_list[0].subnet
+    assert (
+        subnet[0].out_channels
+        == hidden_channels
+        == DenoisingStudentConfig(hidden_ratio=hidden_ratio).hidden_channels(20)
+    )
 
 
 def test_flow_nll_is_lower_for_in_distribution_latents() -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from anomalib_dhkd.components.students.fourier import irfft2, rfft2
+from anomalib_dhkd.components.widths import scaled_channels
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class DenoisingStudentConfig:
 
     def hidden_channels(self, channels: int) -> int:
         """Return the width of the blocks of a student of ``channels`` features."""
-        return max(8, round(channels * self.hidden_ratio))
+        return scaled_channels(channels, self.hidden_ratio)
 
 
 class FrequencyFilter(nn.Module):

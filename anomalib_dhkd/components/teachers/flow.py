@@ -26,6 +26,8 @@ from FrEIA.modules import AllInOneBlock
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_dhkd.components.widths import scaled_channels
+
 
 @dataclass(frozen=True)
 class FlowTeacherConfig:
@@ -52,14 +54,14 @@ class FlowTeacherConfig:
     output_kernel_size: int = 3
 
 
-def _coupling_subnet(hidden_ratio: float, output_kernel_size: int = 3) -> Callable[[int, int], nn.Module]:
+def _coupling_subnet(hidden_ratio: float, output_kernel_size: int) -> Callable[[int, int], nn.Module]:
     """Return a FrEIA sub-network constructor: 3x3 conv, ReLU, ``output_kernel_size`` conv initialised to zero.
 
     The zero output makes every coupling start as the identity.
     """
 
     def constructor(in_channels: int, out_channels: int) -> nn.Module:
-        hidden_channels = max(8, int(in_channels * hidden_ratio))
+        hidden_channels = scaled_channels(in_channels, hidden_ratio)
         output_layer = nn.Conv2d(
             hidden_channels, out_channels, kernel_size=output_kernel_size, padding=output_kernel_size // 2
         )
