@@ -44,7 +44,7 @@ class Ablation:
     epochs: int | None = None
 
 
-STANDARDIZED_MAP_QUESTION = "per-position standardised discrepancies in the map (DHKD's choice with ImageNet weights)"
+STANDARDIZED_MAP_QUESTION = "per-position standardised discrepancies in the map (DHKD's default without pretraining)"
 
 ABLATIONS: dict[str, dict[str, Ablation]] = {
     "dhkd": {
@@ -125,9 +125,7 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
             {"student": {"linear_output": False}}, "the student's linear output (teacher features of both signs)"
         ),
         "wide_student": Ablation({"student": {"width": 64}}, "student blocks at least 64 channels wide"),
-        "standardized_map": Ablation(
-            {"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION, PRETRAINED_ONLY
-        ),
+        "standardized_map": Ablation({"scoring": {"standardize_map": True}}, STANDARDIZED_MAP_QUESTION),
         "product_fusion": Ablation(
             {"scoring": {"map_fusion": "product"}}, "the scales' maps multiplied, as in STFPM, instead of averaged"
         ),
