@@ -71,3 +71,10 @@ def test_the_quick_commands_are_found() -> None:
     assert any("weights check" in c for c in found)
     assert any(c.startswith("python -m anomalib_dhkd.check ") for c in found)
     assert any("--model.help" in c for c in found)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    test_command = next(c for c in readme_commands(README) if c.endswith(" test"))
+    ci_commands = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("bash ")]
+    assert ci_commands, "CI runs no command"
+    assert f"{ci_commands[0]} ".startswith(f"{test_command} ")  # README's command, perhaps with pytest options
