@@ -88,6 +88,12 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "wide_teacher": Ablation(
             {"teacher": {"hidden_ratio": 2.0}}, "coupling sub-networks twice as wide (transistor lost with half width)"
         ),
+        "wide_teacher_no_stride_4_pair": Ablation(
+            {"teacher": {"hidden_ratio": 2.0}},
+            "wide couplings on the blocks.2 and blocks.4 pairs only (the wide teacher's accuracy at today's cost?)",
+            PRETRAINED_ONLY,
+            layers=("blocks.2", "blocks.4"),
+        ),
         "student_half_width": Ablation(
             {"student": {"hidden_ratio": 0.5}}, "students half as wide, a third of their cost (speed)"
         ),
