@@ -75,11 +75,17 @@ def assert_image(path: Path, min_side: int = 200) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def quick_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the quick suite keeps its trained models, for the tests that re-score them."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory: pytest.TempPathFactory, quick_checkpoints: Path) -> tuple[Path, str]:
     """Output folder and stdout of one quick run of every model configuration (a few minutes on 2 cores)."""
     shared_category("hazelnut_toy", "hazelnut")
     out = tmp_path_factory.mktemp("bench")
-    return out, run_suite("--quick", "--out", str(out)).stdout
+    return out, run_suite("--quick", "--out", str(out), "--keep-checkpoints", str(quick_checkpoints)).stdout
 
 
 @pytest.mark.slow
@@ -206,21 +212,21 @@ def test_a_killed_worker_is_recorded_with_its_last_progress_and_the_likely_cause
 
 
 def rescored_kept_checkpoint(
-    tmp_path: Path, model: str, rescore_main: Callable[[list[str]], None], variants: list[str]
+    quick_suite: tuple[Path, str],
+    checkpoints: Path,
+    lines: Path,
+    model: str,
+    rescore_main: Callable[[list[str]], None],
+    variants: list[str],
 ) -> tuple[dict[str, dict], dict, Callable[[list[str]], int]]:
-    """Train ``model`` with the quick suite keeping its checkpoint, re-score it with ``variants``.
+    """Re-score the quick suite's kept ``model`` with ``variants`` into the JSON lines file ``lines``.
 
     Returns:
         The re-scored lines by variant, the suite's record, and a function that re-scores again with other variants
         and returns the number of lines written in all.
 
     """
-    shared_category("hazelnut_toy", "hazelnut")
-    out = tmp_path / "bench"
-    checkpoints = out / "checkpoints"
-    run_suite("--quick", "--models", model, "--out", str(out), "--keep-checkpoints", str(checkpoints))
     assert (checkpoints / "pretrained" / "hazelnut_toy-hazelnut" / f"{model}__s0.ckpt").is_file()
-    lines = tmp_path / "rescore.jsonl"
 
     def rescore_again(chosen: list[str]) -> int:
         rescore_main([str(checkpoints), "--variants", *chosen, "--out", str(lines)])
@@ -228,13 +234,20 @@ def rescored_kept_checkpoint(
 
     rescore_again(variants)
     rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
-    return rescored, read_records(out)[model], rescore_again
+    return rescored, read_records(quick_suite[0])[model], rescore_again
 
 
 @pytest.mark.slow
-def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_variant(tmp_path: Path) -> None:
+def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_variant(
+    quick_suite: tuple[Path, str], quick_checkpoints: Path, tmp_path: Path
+) -> None:
     rescored, record, rescore_again = rescored_kept_checkpoint(
-        tmp_path, "dhkd", rescore.main, ["default", "scale_map_layers"]
+        quick_suite,
+        quick_checkpoints,
+        tmp_path / "rescore.jsonl",
+        "dhkd",
+        rescore.main,
+        ["default", "scale_map_layers"],
     )
     default = rescored["default"]
     assert default["image_AUROC"] == pytest.approx(record["image_AUROC"], abs=1e-3)
@@ -247,9 +260,11 @@ def test_rescoring_a_kept_checkpoint_reproduces_its_record_and_changes_with_the_
 
 
 @pytest.mark.slow
-def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads_other_maps(tmp_path: Path) -> None:
+def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads_other_maps(
+    quick_suite: tuple[Path, str], quick_checkpoints: Path, tmp_path: Path
+) -> None:
     rescored, record, rescore_again = rescored_kept_checkpoint(
-        tmp_path, "dmdd", rescore_dmdd.main, ["default", "normality"]
+        quick_suite, quick_checkpoints, tmp_path / "rescore.jsonl", "dmdd", rescore_dmdd.main, ["default", "normality"]
     )
     default = rescored["default"]
     # Image scores are compared in the unit test of the default variant: anomalib's post-processor clips the
@@ -261,9 +276,16 @@ def test_rescoring_a_kept_dmdd_checkpoint_reproduces_its_pixel_metrics_and_reads
 
 
 @pytest.mark.slow
-def test_new_heads_on_a_kept_dmdd_checkpoint_train_and_its_own_head_reproduces_its_record(tmp_path: Path) -> None:
+def test_new_heads_on_a_kept_dmdd_checkpoint_train_and_its_own_head_reproduces_its_record(
+    quick_suite: tuple[Path, str], quick_checkpoints: Path, tmp_path: Path
+) -> None:
     rescored, record, rescore_again = rescored_kept_checkpoint(
-        tmp_path, "dmdd", retrain_dmdd_head.main, ["own", "multi_perception_log", "pixelwise_batch_statistics"]
+        quick_suite,
+        quick_checkpoints,
+        tmp_path / "rescore.jsonl",
+        "dmdd",
+        retrain_dmdd_head.main,
+        ["own", "multi_perception_log", "pixelwise_batch_statistics"],
     )
     own, retrained = rescored["own"], rescored["multi_perception_log"]
     # The batch-statistics head trains on a copy of the student in training mode: the evaluated network keeps the
