@@ -1,5 +1,7 @@
 """Scoring: per-position and global statistics, smoothing, map fusion, coherence and the discrepancy scorer."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -137,6 +139,28 @@ def test_gaussian_blur_equals_anomalibs_2d_blur_and_preserves_mass(sigma: float)
     constant = torch.full((1, 1, 64, 80), 0.7)
     torch.testing.assert_close(blur(constant), constant)  # a normalised kernel with a reflected border
     assert blur(maps).std() < maps.std()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_blur_by_matrix_products_equals_the_exported_convolutions(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    blur = GaussianBlur(4.0)
+    for shape in [(3, 2, 37, 50), (1, 1, 256, 256)]:
+        maps = torch.rand(shape, dtype=dtype)
+        torch.testing.assert_close(blur(maps), blur.separable(maps))
+    assert len(blur._matrices) == 2  # one pair per map size, reused
+    blur(torch.rand(2, 1, 37, 50, dtype=dtype))
+    assert len(blur._matrices) == 2
+
+
+def test_gaussian_blur_matrices_built_in_inference_mode_serve_training_and_are_not_pickled() -> None:
+    blur = GaussianBlur(2.0)
+    with torch.inference_mode():
+        blur(torch.rand(1, 1, 20, 24))
+    maps = torch.rand(1, 1, 20, 24, requires_grad=True)
+    blur(maps).sum().backward()  # would fail on matrices that are inference tensors
+    torch.testing.assert_close(maps.grad.sum(), torch.tensor(20.0 * 24.0))  # each output is a weighted mean
+    assert copy.deepcopy(blur)._matrices == {}
 
 
 def test_gaussian_blur_saves_no_kernel_and_drops_a_saved_one() -> None:
