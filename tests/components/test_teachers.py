@@ -39,11 +39,7 @@ def test_pointwise_output_couplings_see_only_their_first_convolution_window() ->
     # One coupling: its active half depends on the passive half through the sub-network, which sees 1 cell each way
     # with a 1x1 output and 2 with a 3x3 one (the fixed permutation only reorders the output channels).
     for output_kernel_size, reach in ((1, 1), (3, 2)):
-        torch.manual_seed(0)
-        flow = ConvFlow(4, num_blocks=1, output_kernel_size=output_kernel_size)
-        for parameter in flow.parameters():
-            if parameter.requires_grad:
-                torch.nn.init.normal_(parameter, std=0.1)
+        flow = _randomised_flow(4, 0, output_kernel_size=output_kernel_size, num_blocks=1)
         features = torch.zeros(1, 4, 15, 15, requires_grad=True)
         flow(features)[0][0, :, 7, 7].sum().backward()
         seen = features.grad.abs().sum(dim=(0, 1)).nonzero()
@@ -74,10 +70,12 @@ def test_flow_rejects_bad_condition_channels_and_output_kernel() -> None:
         ConvFlow(4, output_kernel_size=5)
 
 
-def _randomised_flow(channels: int, condition_channels: int, seed: int = 0, output_kernel_size: int = 3) -> ConvFlow:
+def _randomised_flow(
+    channels: int, condition_channels: int, seed: int = 0, output_kernel_size: int = 3, num_blocks: int = 3
+) -> ConvFlow:
     torch.manual_seed(seed)
     flow = ConvFlow(
-        channels, num_blocks=3, condition_channels=condition_channels, output_kernel_size=output_kernel_size
+        channels, num_blocks=num_blocks, condition_channels=condition_channels, output_kernel_size=output_kernel_size
     )
     for parameter in flow.parameters():
         if parameter.requires_grad:
