@@ -97,6 +97,9 @@ VARIANTS: dict[str, Variant] = {
     "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
     "teacher_density_0.25": Variant({}, discrepancy=with_teacher_density(0.25)),
     "teacher_only": Variant({}, discrepancy=lambda _student, teacher: teacher.pow(2).mean(dim=1, keepdim=True)),
+    "patch_memory": Variant({"memory_layers": ("blocks.2", "blocks.4")}),
+    "patch_memory_0.5": Variant({"memory_layers": ("blocks.2", "blocks.4"), "memory_weight": 0.5}),
+    "patch_memory_2": Variant({"memory_layers": ("blocks.2", "blocks.4"), "memory_weight": 2.0}),
 }
 
 

@@ -120,6 +120,10 @@ ABLATIONS: dict[str, dict[str, Ablation]] = {
         "no_global_score": Ablation(
             {"scoring": {"global_score": False}}, "the latent statistics in the image score", PRETRAINED_ONLY
         ),
+        "patch_memory": Ablation(
+            {"scoring": {"memory_layers": ["blocks.2", "blocks.4"]}},
+            "a memory of normal encoder patches: each position's nearest-neighbour distance added to map and score",
+        ),
     },
     "asymmetric_ts": {
         "cot_student": Ablation(

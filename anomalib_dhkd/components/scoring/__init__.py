@@ -8,6 +8,7 @@ from anomalib_dhkd.components.scoring.discrepancy import (
 )
 from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, MapCoherence, MapFusion, top_fraction_mean
 from anomalib_dhkd.components.scoring.global_statistics import GaussianDistance, channel_statistics, vector_moments
+from anomalib_dhkd.components.scoring.memory import MemoryMap, PatchMemory, local_patches
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments, mean_and_std
 from anomalib_dhkd.components.scoring.scorer import (
     PLAIN_MAP,
@@ -27,6 +28,8 @@ __all__ = [
     "ImageScoreFusion",
     "MapCoherence",
     "MapFusion",
+    "MemoryMap",
+    "PatchMemory",
     "PositionStandardizer",
     "ScoringConfig",
     "ScoringInput",
@@ -35,6 +38,7 @@ __all__ = [
     "cosine_scorer",
     "decide_scoring",
     "discrepancy_coherence",
+    "local_patches",
     "map_moments",
     "mean_and_std",
     "normalized_discrepancy",

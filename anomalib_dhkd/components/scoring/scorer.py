@@ -23,7 +23,7 @@ Example:
 """
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -39,6 +39,7 @@ from anomalib_dhkd.components.scoring.discrepancy import (
 )
 from anomalib_dhkd.components.scoring.fusion import ImageScoreFusion, LayerFusion, MapCoherence, MapFusion
 from anomalib_dhkd.components.scoring.global_statistics import channel_statistics, vector_moments
+from anomalib_dhkd.components.scoring.memory import MemoryMap, local_patches
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments
 
 Discrepancy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,6 +68,11 @@ class ScoringConfig:
         coherence_window: Side of the coherence neighbourhood in cells of the deepest map layer, odd; other layers
             span the same pixels.
         map_fusion: How the layers' maps become one: ``"mean"``, or ``"product"`` as in STFPM.
+        memory_layers: Encoder layers whose local features form a memory of normal patches; each position's distance
+            to its nearest neighbour there is added to the map (:class:`PatchMemory`); empty: no memory. Needs a
+            model that hands its encoder features to the scorer (``ScoringInput.features``).
+        memory_size: Most patches the memory keeps (a uniform random sample of the training images' patches).
+        memory_weight: Weight of the memory's map relative to the local map's spread on normal images.
 
     """
 
@@ -81,6 +87,9 @@ class ScoringConfig:
     coherence_weight: float | Sequence[float] | None = None
     coherence_window: int = 7
     map_fusion: LayerFusion = "mean"
+    memory_layers: Sequence[str] = ()
+    memory_size: int = 16384
+    memory_weight: float = 1.0
 
     def unresolved(self) -> list[str]:
         """Return the names of the settings still ``None`` that the scorer needs decided.
@@ -124,11 +133,15 @@ def decide_scoring(config: ScoringConfig, layers: Sequence[str], **decisions: ob
 
 
 class ScoringInput(NamedTuple):
-    """Per-layer teacher and student features ``(N, C_k, h_k, w_k)`` of a batch, and its image size."""
+    """Per-layer teacher and student features ``(N, C_k, h_k, w_k)`` of a batch and its image size.
+
+    ``features``: the encoder's features of the same layers, for a patch memory (``ScoringConfig.memory_layers``).
+    """
 
     teacher: list[torch.Tensor]
     student: list[torch.Tensor]
     image_size: tuple[int, int]
+    features: list[torch.Tensor] | None = None
 
 
 class DiscrepancyScorer(nn.Module):
@@ -194,6 +207,10 @@ class DiscrepancyScorer(nn.Module):
         coherence_strides = [strides[i] for i in self.coherence_indices]
         self.map_coherence = _map_coherence(config, coherence_strides, strides[deepest_map_index])
         self.score_fusion = ImageScoreFusion([channels[i] for i in self.score_indices]) if config.global_score else None
+        self.memory_indices = _indices(layers, config.memory_layers, "memory_layers")
+        self.memory_map = (
+            MemoryMap(config.memory_size, config.memory_weight, config.score_fraction) if self.memory_indices else None
+        )
 
     def forward(self, inputs: ScoringInput) -> InferenceBatch:
         """Return the anomaly map and the image score of the inputs.
@@ -205,8 +222,11 @@ class DiscrepancyScorer(nn.Module):
             ``anomaly_map`` ``(N, 1, H, W)`` and ``pred_score`` ``(N,)``.
 
         """
-        anomaly_map, sources = self._map_and_sources(inputs, add_coherence=True)
+        distances = None if self.memory_map is None else self._memory_distances(inputs)
+        anomaly_map, sources = self._map_and_sources(inputs, add_coherence=True, memory_distances=distances)
         pred_score = sources[:, 0] if self.score_fusion is None else self.score_fusion(sources)
+        if distances is not None:
+            pred_score = pred_score + self.memory_map.score(self.map_fusion.smooth([distances], inputs.image_size))
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
 
     @torch.no_grad()
@@ -215,7 +235,9 @@ class DiscrepancyScorer(nn.Module):
 
         The first pass fits each layer's per-position discrepancy statistics and, with ``global_score``, the Gaussians
         of the score layers' teacher channel statistics; a second pass (with ``global_score`` or coherence)
-        calibrates the image score's sources and scales the coherence maps.
+        calibrates the image score's sources and scales the coherence maps. With ``memory_layers`` every fifth image
+        is held out of the patch memory, which the other images fill, and scales its distance map. Each process
+        keeps the memory of its own images; only the scale's moments are summed across processes.
 
         Args:
             inputs: Returns a fresh iterable of :class:`ScoringInput` per call.
@@ -233,6 +255,8 @@ class DiscrepancyScorer(nn.Module):
         if self.score_fusion is not None:
             for distance, latent_moments in zip(self.score_fusion.distances, moments[layers:], strict=True):
                 distance.fit(latent_moments)
+        if self.memory_map is not None:
+            self._fit_memory(inputs, total)
         if self.score_fusion is None and self.map_coherence is None:
             self._check_finite_statistics()
             return
@@ -242,6 +266,31 @@ class DiscrepancyScorer(nn.Module):
         if self.map_coherence is not None:
             self.map_coherence.fit(pixel_moments[0], pixel_moments[1:])
         self._check_finite_statistics()
+
+    def _fit_memory(self, inputs: Callable[[], Iterable[ScoringInput]], total: MomentsSum) -> None:
+        """Fill the patch memory with the kept images' patches; scale its map on the held-out images.
+
+        Raises:
+            ValueError: If the inputs carry no encoder features.
+
+        """
+        self.memory_map.memory.fit(
+            local_patches(_memory_features(kept, self.memory_indices))
+            for kept in _held_out_split(inputs(), held_out=False)
+        )
+        held_out = _held_out_split(inputs(), held_out=True)
+        self.memory_map.fit_calibration(*(total(m) for m in _summed_over_batches(held_out, self._memory_moments)))
+
+    def _memory_moments(self, inputs: ScoringInput) -> list[torch.Tensor]:
+        """Pixel moments of the smoothed local map and of the smoothed memory distance map."""
+        local_map, _ = self._map_and_sources(inputs, add_coherence=False)
+        memory_map = self.map_fusion.smooth([self._memory_distances(inputs)], image_size=inputs.image_size)
+        scores = self.memory_map.raw_score(memory_map)
+        return [map_moments(local_map.flatten()), map_moments(memory_map.flatten()), map_moments(scores)]
+
+    def _memory_distances(self, inputs: ScoringInput) -> torch.Tensor:
+        """Unscaled patch-memory distances ``(N, 1, h, w)`` of the memory layers' encoder features."""
+        return self.memory_map.distances(_memory_features(inputs, self.memory_indices))
 
     def _check_finite_statistics(self) -> None:
         """Stop with the cause and the fix when the fitted statistics of normal images are not finite.
@@ -286,10 +335,16 @@ class DiscrepancyScorer(nn.Module):
             for i, window in zip(self.coherence_indices, self.map_coherence.windows, strict=True)
         ]
 
-    def _map_and_sources(self, inputs: ScoringInput, add_coherence: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly map (the local map without ``add_coherence``) and image-score sources ``(N, S)``."""
+    def _map_and_sources(
+        self, inputs: ScoringInput, add_coherence: bool, memory_distances: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly map and image-score sources ``(N, S)``; coherence and scaled memory distances added if asked."""
         discrepancies = self._discrepancies(inputs)
-        coherence = self._coherence(inputs) if self.map_coherence is not None and add_coherence else None
+        addends = []
+        if self.map_coherence is not None and add_coherence:
+            addends += self.map_coherence(self._coherence(inputs))
+        if memory_distances is not None:
+            addends.append(self.memory_map(memory_distances))
         standardised_indices = set(self.score_indices) | (set(self.map_indices) if self.standardize_map else set())
         standardised = {i: self.position_statistics[i](discrepancies[i]) for i in standardised_indices}
         map_source = standardised if self.standardize_map else dict(enumerate(discrepancies))
@@ -300,7 +355,7 @@ class DiscrepancyScorer(nn.Module):
             [map_source[i] for i in self.map_indices],
             None if score_is_map else [standardised[i] for i in self.score_indices],
             image_size=inputs.image_size,
-            map_addends=self.map_coherence(coherence) if coherence is not None else None,
+            map_addends=addends or None,
         )
         if self.score_fusion is None:
             return anomaly_map, local_score.unsqueeze(1)
@@ -364,6 +419,35 @@ def _map_coherence(config: ScoringConfig, strides: list[int], reference_stride: 
     if not any(weights):
         return None
     return MapCoherence(coherence_windows(window, strides, reference_stride), weights)
+
+
+def _memory_features(inputs: ScoringInput, indices: list[int]) -> list[torch.Tensor]:
+    """Return the encoder features of the memory layers.
+
+    Raises:
+        ValueError: If the inputs carry no encoder features.
+
+    """
+    if inputs.features is None:
+        msg = "memory_layers need the encoder's features, which this model does not give its scorer; unset them."
+        raise ValueError(msg)
+    return [inputs.features[i] for i in indices]
+
+
+def _held_out_split(batches: Iterable[ScoringInput], held_out: bool) -> Iterator[ScoringInput]:
+    """Yield the images of ``batches`` held out of the patch memory (every fifth), or the others."""
+    seen = 0
+    for batch in batches:
+        count = batch.teacher[0].shape[0]
+        chosen = (torch.arange(seen, seen + count) % 5 == 4) == held_out
+        seen += count
+        if chosen.any():
+            yield ScoringInput(
+                [t[chosen] for t in batch.teacher],
+                [s[chosen] for s in batch.student],
+                batch.image_size,
+                None if batch.features is None else [f[chosen] for f in batch.features],
+            )
 
 
 def _summed_over_batches(

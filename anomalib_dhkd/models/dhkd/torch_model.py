@@ -248,7 +248,7 @@ class DhkdModel(TeacherStudentNetwork):
         features = self.extract_features(images)
         latents = [teacher(f)[0] for teacher, f in zip(self.teachers, features, strict=True)]
         predictions = [student(f) for student, f in zip(self.students, features, strict=True)]
-        return ScoringInput(latents, predictions, images.shape[-2:])
+        return ScoringInput(latents, predictions, images.shape[-2:], features)
 
 
 def _rename_legacy_scoring_keys(state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:

@@ -2,12 +2,17 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from anomalib.data import ImageBatch
+from anomalib.data import ImageBatch, MVTecAD
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
 
 from anomalib_dhkd import Dhkd
-from tests.conftest import TINY_BACKBONE
+from anomalib_dhkd.components.scoring import ScoringConfig
+from anomalib_dhkd.deployment.runtime import load_exported
+from tests.conftest import TINY_BACKBONE, TINY_IMAGE_SIZE, TINY_SCORING, tiny_dhkd
 
 
 def test_invalid_schedule_is_rejected() -> None:
@@ -99,3 +104,26 @@ def test_missing_pretrained_weights_offline_give_an_actionable_error(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(RuntimeError, match=r"offline\. Use backbone='tf_efficientnet_lite0'"):
         Dhkd(backbone="resnet18", layers=["layer1", "layer2", "layer3"], pre_trained=True)
+
+
+@pytest.mark.slow
+def test_patch_memory_trains_reloads_and_exports_with_the_maps_of_torch(texture_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    scoring = ScoringConfig(**TINY_SCORING, memory_layers=["blocks.2", "blocks.4"], memory_size=500)
+    model = tiny_dhkd(scoring=scoring, max_epochs=1, teacher_warmup_epochs=0)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    data = MVTecAD(root=texture_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    engine.fit(model=model, datamodule=data)
+    memory_map = model.model.scorer.memory_map
+    assert memory_map.memory.bank.shape == (500, 40 + 112)  # blocks.2 and blocks.4 channels
+    assert memory_map.scale > 0
+    engine.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    reloaded = Dhkd.load_from_checkpoint(tmp_path / "model.ckpt")  # weights_only=True, as anomalib loads
+    images = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model.eval()(images)
+        torch.testing.assert_close(reloaded.eval()(images).anomaly_map, expected.anomaly_map, rtol=0, atol=0)
+    engine.export(model, ExportType.ONNX, export_root=tmp_path, input_size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+    exported = load_exported(tmp_path / "weights" / "onnx" / "model.onnx")(images.numpy())
+    np.testing.assert_allclose(exported["anomaly_map"], expected.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(exported["pred_score"], expected.pred_score.numpy(), atol=1e-4, rtol=1e-4)
