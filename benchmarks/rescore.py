@@ -79,6 +79,8 @@ def with_teacher_density(weight: float) -> Callable[[torch.Tensor, torch.Tensor]
     return discrepancy
 
 
+PATCH_MEMORY = {"memory_layers": ("blocks.2", "blocks.4")}  # PatchCore's layers of tf_efficientnet_lite0 offline
+
 VARIANTS: dict[str, Variant] = {
     "default": Variant({}),
     "standardized_map": Variant({"standardize_map": True}),
@@ -97,9 +99,11 @@ VARIANTS: dict[str, Variant] = {
     "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
     "teacher_density_0.25": Variant({}, discrepancy=with_teacher_density(0.25)),
     "teacher_only": Variant({}, discrepancy=lambda _student, teacher: teacher.pow(2).mean(dim=1, keepdim=True)),
-    "patch_memory": Variant({"memory_layers": ("blocks.2", "blocks.4")}),
-    "patch_memory_0.5": Variant({"memory_layers": ("blocks.2", "blocks.4"), "memory_weight": 0.5}),
-    "patch_memory_2": Variant({"memory_layers": ("blocks.2", "blocks.4"), "memory_weight": 2.0}),
+    "patch_memory": Variant({**PATCH_MEMORY, "memory_size": 16384}),
+    "patch_memory_0.5": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 0.5}),
+    "patch_memory_2": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 2.0}),
+    "patch_memory_4096": Variant({**PATCH_MEMORY, "memory_size": 4096}),
+    "patch_memory_1024": Variant({**PATCH_MEMORY, "memory_size": 1024}),
 }
 
 

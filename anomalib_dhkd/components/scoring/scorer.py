@@ -88,7 +88,7 @@ class ScoringConfig:
     coherence_window: int = 7
     map_fusion: LayerFusion = "mean"
     memory_layers: Sequence[str] = ()
-    memory_size: int = 16384
+    memory_size: int = 4096
     memory_weight: float = 1.0
 
     def unresolved(self) -> list[str]:
