@@ -43,6 +43,8 @@ from anomalib_dhkd.components.scoring.memory import MemoryMap, local_patches
 from anomalib_dhkd.components.scoring.position_statistics import PositionStandardizer, map_moments
 
 Discrepancy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HELD_OUT_EVERY = 5
+"""Every fifth training image is held out of the patch memory to calibrate it."""
 MomentsSum = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -69,8 +71,8 @@ class ScoringConfig:
             span the same pixels.
         map_fusion: How the layers' maps become one: ``"mean"``, or ``"product"`` as in STFPM.
         memory_layers: Encoder layers whose local features form a memory of normal patches; each position's distance
-            to its nearest neighbour there is added to the map (:class:`PatchMemory`); empty: no memory. Needs a
-            model that hands its encoder features to the scorer (``ScoringInput.features``).
+            to its nearest neighbour there is added to the map and the image score (:class:`MemoryMap`); empty: no
+            memory. Needs a model that hands its encoder features to the scorer (``ScoringInput.features``).
         memory_size: Most patches the memory keeps (a uniform random sample of the training images' patches).
         memory_weight: Weight of the memory's map relative to the local map's spread on normal images.
 
@@ -236,7 +238,7 @@ class DiscrepancyScorer(nn.Module):
         The first pass fits each layer's per-position discrepancy statistics and, with ``global_score``, the Gaussians
         of the score layers' teacher channel statistics; a second pass (with ``global_score`` or coherence)
         calibrates the image score's sources and scales the coherence maps. With ``memory_layers`` every fifth image
-        is held out of the patch memory, which the other images fill, and scales its distance map. Each process
+        is held out of the patch memory, which the other images fill, and calibrates its map and score. Each process
         keeps the memory of its own images; only the scale's moments are summed across processes.
 
         Args:
@@ -435,11 +437,12 @@ def _memory_features(inputs: ScoringInput, indices: list[int]) -> list[torch.Ten
 
 
 def _held_out_split(batches: Iterable[ScoringInput], held_out: bool) -> Iterator[ScoringInput]:
-    """Yield the images of ``batches`` held out of the patch memory (every fifth), or the others."""
+    """Yield the images of ``batches`` held out of the patch memory (:data:`HELD_OUT_EVERY`), or the others."""
     seen = 0
     for batch in batches:
         count = batch.teacher[0].shape[0]
-        chosen = (torch.arange(seen, seen + count) % 5 == 4) == held_out
+        index = torch.arange(seen, seen + count, device=batch.teacher[0].device)
+        chosen = (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out
         seen += count
         if chosen.any():
             yield ScoringInput(
