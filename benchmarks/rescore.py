@@ -99,11 +99,11 @@ VARIANTS: dict[str, Variant] = {
     "teacher_density": Variant({}, discrepancy=with_teacher_density(1.0)),
     "teacher_density_0.25": Variant({}, discrepancy=with_teacher_density(0.25)),
     "teacher_only": Variant({}, discrepancy=lambda _student, teacher: teacher.pow(2).mean(dim=1, keepdim=True)),
-    "patch_memory": Variant({**PATCH_MEMORY, "memory_size": 16384}),
-    "patch_memory_0.5": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 0.5}),
-    "patch_memory_2": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 2.0}),
-    "patch_memory_4096": Variant({**PATCH_MEMORY, "memory_size": 4096}),
+    "patch_memory": Variant(PATCH_MEMORY),  # 4096 patches, weight 1: the suite's patch_memory ablation
     "patch_memory_1024": Variant({**PATCH_MEMORY, "memory_size": 1024}),
+    "patch_memory_16384": Variant({**PATCH_MEMORY, "memory_size": 16384}),
+    "patch_memory_16384_weight_0.5": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 0.5}),
+    "patch_memory_16384_weight_2": Variant({**PATCH_MEMORY, "memory_size": 16384, "memory_weight": 2.0}),
 }
 
 

@@ -40,7 +40,7 @@ from benchmarks.suite.settings import (
     discover_datasets,
     run_settings,
 )
-from tests.conftest import TINY_IMAGE_SIZE, shared_category, tiny_dmdd
+from tests.conftest import TINY_IMAGE_SIZE, shared_category, tiny_dhkd, tiny_dmdd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "benchmarks" / "configs").rglob("*.yaml"))
@@ -235,6 +235,15 @@ def rescored_kept_checkpoint(
     rescore_again(variants)
     rescored = {line["variant"]: line for line in map(json.loads, lines.read_text().splitlines())}
     return rescored, read_records(quick_suite[0])[model], rescore_again
+
+
+def test_every_rescore_variant_builds_its_scorer() -> None:
+    model = tiny_dhkd()
+    scorers = {name: rescore.variant_scorer(model, variant) for name, variant in rescore.VARIANTS.items()}
+    assert scorers["default"].memory_map is None
+    assert scorers["patch_memory"].memory_map.memory.size == 4096  # the suite ablation's memory
+    assert scorers["patch_memory_16384_weight_2"].memory_map.weight == 2.0
+    assert scorers["no_stride_4_pair"].map_indices == scorers["default"].map_indices[1:]
 
 
 @pytest.mark.slow
